@@ -1,0 +1,45 @@
+# onnx2burst: `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: all setup install test test-fast test-asan demo data bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml custom_ops/CMakeLists.txt
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q scikit-build-core pytest hypothesis
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]'
+	@touch $@
+
+setup: $(STAMP)
+
+# Rebuild the kernel (C++ changes) and reinstall.
+install: $(BIN)/python
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]'
+	@touch $(STAMP)
+
+test: setup
+	@$(BIN)/onnx2burst doctor
+	$(BIN)/python -m pytest -q
+
+test-asan: $(BIN)/python
+	bash custom_ops/test_asan.sh
+
+data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+bench: setup
+	$(BIN)/python benchmarks/kernel.py
+
+clean:
+	rm -rf build .deps $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,204 @@
+// BurstIF kernel (ALGORITHM.md §2). Per neuron, with theta = tau * vth[c] and u = 0:
+//   for t: u = u + X[t] + theta/(2T); s = clip(floor(u/theta), 0, psi); u = u - s*theta; Y[t] = s*theta
+// float32 in exactly this order (built with -ffp-contract=off), so it matches the numpy
+// reference and the standard-op fallback bit for bit. theta <= 0 never fires (Y = 0).
+//
+// Work split: each sample's C*K neurons are cut into tiles; ORT's intra-op pool runs the
+// tiles in parallel; inside a tile the loop over T is sequential and the loop over neurons
+// is contiguous and vectorised.
+#include "burst_if.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <vector>
+
+namespace onnx2burst {
+namespace {
+
+constexpr int64_t kTile = 2048;
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+OrtStatusPtr Fail(const std::string& name, const std::string& msg) {
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT,
+                                    ("BurstIF node '" + name + "': " + msg).c_str());
+}
+
+struct Job {
+  const float* x;
+  float* y;
+  float* partial;  // per tile spike count, or nullptr
+  const float* theta;   // per channel, safe (1 where the channel never fires)
+  const float* offset;  // theta / (2T)
+  const float* fires;   // 1 or 0 per channel
+  int64_t T, N, C, K, P, M, tiles_per_sample;
+  float psi;
+};
+
+// One tile: neurons [p0, p1) of sample n, over all T steps.
+__attribute__((target_clones("avx2", "sse4.1", "default")))
+void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
+             float* ok, float* acc) {
+  const int64_t len = p1 - p0;
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t c = ((p0 + i) / j.K) % j.C;
+    u[i] = 0.f;
+    th[i] = j.theta[c];
+    off[i] = j.offset[c];
+    ok[i] = j.fires[c];
+    acc[i] = 0.f;
+  }
+  const float psi = j.psi;
+  for (int64_t t = 0; t < j.T; ++t) {
+    const float* __restrict xt = j.x + t * j.M + n * j.P + p0;
+    float* __restrict yt = j.y + t * j.M + n * j.P + p0;
+    for (int64_t i = 0; i < len; ++i) {
+      const float u1 = (u[i] + xt[i]) + off[i];
+      float q = std::floor(u1 / th[i]);
+      q = q < 0.f ? 0.f : q;
+      q = q > psi ? psi : q;
+      const float s = ok[i] != 0.f ? q : 0.f;
+      const float st = s * th[i];
+      u[i] = u1 - st;
+      yt[i] = st;
+      acc[i] += s;
+    }
+  }
+  if (j.partial) {
+    double total = 0;
+    for (int64_t i = 0; i < len; ++i) total += acc[i];
+    j.partial[n * j.tiles_per_sample + (p0 / kTile)] = static_cast<float>(total);
+  }
+}
+
+void RunTask(void* data, size_t task) {
+  const Job& j = *static_cast<const Job*>(data);
+  const int64_t n = static_cast<int64_t>(task) / j.tiles_per_sample;
+  const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * kTile;
+  const int64_t p1 = std::min(p0 + kTile, j.P);
+  alignas(64) float u[kTile], th[kTile], off[kTile], ok[kTile], acc[kTile];
+  RunTile(j, n, p0, p1, u, th, off, ok, acc);
+}
+
+}  // namespace
+
+OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                       void** op_kernel) const {
+  Ort::ConstKernelInfo ki(info);
+  std::string name;
+  try {
+    name = ki.GetNodeName();
+  } catch (...) {
+  }
+  auto get_int = [&](const char* attr, int64_t* out) -> OrtStatusPtr {
+    if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, attr, out)) {
+      api.ReleaseStatus(st);
+      return Fail(name, std::string("missing int attribute '") + attr + "'");
+    }
+    return nullptr;
+  };
+  int64_t T = 0, psi = 0;
+  if (OrtStatusPtr st = get_int("T", &T)) return st;
+  if (OrtStatusPtr st = get_int("psi", &psi)) return st;
+  float tau = 1.f;
+  if (OrtStatus* st = api.KernelInfoGetAttribute_float(info, "tau", &tau)) {
+    api.ReleaseStatus(st);  // absent: the default 1.0
+    tau = 1.f;
+  }
+  if (T < 1) return Fail(name, "attribute T must be >= 1, got " + std::to_string(T));
+  if (psi < 1) return Fail(name, "attribute psi must be >= 1, got " + std::to_string(psi));
+  if (!(tau > 0.f) || !std::isfinite(tau))
+    return Fail(name, "attribute tau must be a finite number > 0, got " + std::to_string(tau));
+  *op_kernel = new BurstIFKernel(T, psi, tau, name);
+  return nullptr;
+}
+
+OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
+  try {
+    Ort::KernelContext ctx(context);
+    Ort::ConstValue X = ctx.GetInput(0);
+    Ort::ConstValue V = ctx.GetInput(1);
+    if (!X || !V) return Fail(name_, "inputs X and vth are required");
+    auto xinfo = X.GetTensorTypeAndShapeInfo();
+    auto vinfo = V.GetTensorTypeAndShapeInfo();
+    if (xinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT ||
+        vinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      return Fail(name_, "X and vth must be float32 tensors");
+    const std::vector<int64_t> shape = xinfo.GetShape();
+    if (shape.size() < 2)
+      return Fail(name_, "X must have rank >= 2 ([T*N, C, ...]), got shape " + ShapeStr(shape));
+    for (int64_t d : shape)
+      if (d < 0) return Fail(name_, "X has a negative dimension: " + ShapeStr(shape));
+    if (shape[0] % T_ != 0)
+      return Fail(name_, "batch dimension of X " + ShapeStr(shape) + " is " + std::to_string(shape[0]) +
+                             ", not a multiple of T=" + std::to_string(T_));
+    const int64_t C = shape[1];
+    const int64_t nv = static_cast<int64_t>(vinfo.GetElementCount());
+    if (nv != 1 && nv != C)
+      return Fail(name_, "vth has " + std::to_string(nv) + " values; X " + ShapeStr(shape) +
+                             " has C=" + std::to_string(C) + " channels (need 1 or C)");
+    int64_t K = 1;
+    for (size_t i = 2; i < shape.size(); ++i) K *= shape[i];
+    const int64_t N = shape[0] / T_;
+
+    Ort::UnownedValue Y = ctx.GetOutput(0, shape);
+    float* spikes = nullptr;
+    if (ctx.GetOutputCount() > 1) {
+      Ort::UnownedValue S = ctx.GetOutput(1, std::vector<int64_t>{N});
+      if (S) spikes = S.GetTensorMutableData<float>();
+    }
+    if (N == 0 || C == 0 || K == 0) {
+      if (spikes) std::fill(spikes, spikes + N, 0.f);
+      return nullptr;
+    }
+
+    const float* vth = V.GetTensorData<float>();
+    std::vector<float> theta(C), offset(C), fires(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const float th = tau_ * vth[nv == 1 ? 0 : c];
+      fires[c] = th > 0.f ? 1.f : 0.f;
+      theta[c] = th > 0.f ? th : 1.f;
+      offset[c] = theta[c] / static_cast<float>(2 * T_);
+    }
+    Job job{};
+    job.x = X.GetTensorData<float>();
+    job.y = Y.GetTensorMutableData<float>();
+    job.theta = theta.data();
+    job.offset = offset.data();
+    job.fires = fires.data();
+    job.T = T_;
+    job.N = N;
+    job.C = C;
+    job.K = K;
+    job.P = C * K;
+    job.M = N * job.P;
+    job.tiles_per_sample = (job.P + kTile - 1) / kTile;
+    job.psi = static_cast<float>(psi_);
+    std::vector<float> partial;
+    if (spikes) {
+      partial.assign(static_cast<size_t>(N * job.tiles_per_sample), 0.f);
+      job.partial = partial.data();
+    }
+    const size_t tasks = static_cast<size_t>(N * job.tiles_per_sample);
+    ctx.ParallelFor(RunTask, tasks, 0, &job);
+    if (spikes) {
+      for (int64_t n = 0; n < N; ++n) {
+        double total = 0;
+        for (int64_t k = 0; k < job.tiles_per_sample; ++k) total += partial[n * job.tiles_per_sample + k];
+        spikes[n] = static_cast<float>(total);
+      }
+    }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return Fail(name_, e.what());
+  }
+}
+
+}  // namespace onnx2burst

@@ -1,0 +1,42 @@
+// BurstIF: burst integrate-and-fire over a time-folded batch (ALGORITHM.md §2).
+// Domain "onnx2burst", version 1. Inputs X [T*N, C, ...] float32, vth [C] or [1] float32.
+// Attributes T >= 1, psi >= 1, tau > 0 (default 1). Outputs Y (like X), optional spikes [N].
+#pragma once
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <cstdint>
+#include <string>
+
+namespace onnx2burst {
+
+inline constexpr const char* kDomain = "onnx2burst";
+inline constexpr const char* kOpType = "BurstIF";
+
+struct BurstIFKernel {
+  BurstIFKernel(int64_t T, int64_t psi, float tau, std::string name)
+      : T_(T), psi_(psi), tau_(tau), name_(std::move(name)) {}
+  // Checks every shape and type before touching memory; errors come back as OrtStatus.
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  int64_t T_, psi_;
+  float tau_;
+  std::string name_;
+};
+
+struct BurstIFOp : Ort::CustomOpBase<BurstIFOp, BurstIFKernel, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
+  const char* GetName() const { return kOpType; }
+  size_t GetInputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+}  // namespace onnx2burst

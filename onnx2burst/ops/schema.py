@@ -1,0 +1,9 @@
+"""Names of the BurstIF operator (ALGORITHM.md §2), shared by the kernel, the function and the rewriter."""
+DOMAIN = "onnx2burst"
+OP_TYPE = "BurstIF"
+OP_VERSION = 1
+MIN_OPSET = 13  # the fallback body uses ReduceSum/Reshape/Clip forms of opset 13
+
+INPUTS = ("X", "vth")
+OUTPUTS = ("Y", "spikes")
+ATTRIBUTES = {"T": "int >= 1", "psi": "int >= 1", "tau": "float > 0 (default 1.0)"}
