@@ -16,7 +16,7 @@
 namespace onnx2burst {
 namespace {
 
-constexpr int64_t kTile = 2048;
+constexpr int64_t kTile = 4096;
 
 std::string ShapeStr(const std::vector<int64_t>& s) {
   std::ostringstream o;
@@ -34,47 +34,87 @@ OrtStatusPtr Fail(const std::string& name, const std::string& msg) {
 struct Job {
   const float* x;
   float* y;
-  float* partial;  // per tile spike count, or nullptr
+  int64_t* partial;  // per tile spike count, or nullptr
   const float* theta;   // per channel, safe (1 where the channel never fires)
   const float* offset;  // theta / (2T)
-  const float* fires;   // 1 or 0 per channel
+  const float* psi_c;   // psi per channel, 0 where theta <= 0 (the channel never fires)
   int64_t T, N, C, K, P, M, tiles_per_sample;
-  float psi;
 };
 
-// One tile: neurons [p0, p1) of sample n, over all T steps.
-__attribute__((target_clones("avx2", "sse4.1", "default")))
-void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
-             float* ok, float* acc) {
-  const int64_t len = p1 - p0;
+// One timestep over contiguous neurons with per-neuron theta (Gemm-like layers, K small).
+// Every pointer is distinct, so it vectorises. psi_n is psi, or 0 where theta <= 0 (never fires).
+__attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
+void StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __restrict u,
+                   const float* __restrict th, const float* __restrict off,
+                   const float* __restrict psi_n, int32_t* __restrict acc, int64_t len) {
   for (int64_t i = 0; i < len; ++i) {
-    const int64_t c = ((p0 + i) / j.K) % j.C;
-    u[i] = 0.f;
-    th[i] = j.theta[c];
-    off[i] = j.offset[c];
-    ok[i] = j.fires[c];
-    acc[i] = 0.f;
+    const float u1 = (u[i] + xt[i]) + off[i];  // u = u + X[t] + theta/(2T)
+    float s = std::floor(u1 / th[i]);          // floor(u / theta)
+    s = s < 0.f ? 0.f : s;                     // clip to [0, psi]
+    s = s > psi_n[i] ? psi_n[i] : s;
+    const float st = s * th[i];
+    u[i] = u1 - st;                            // reset by subtraction
+    yt[i] = st;                                // Y[t] = s * theta
+    acc[i] += static_cast<int32_t>(s);         // exact: 0 <= s <= psi
   }
-  const float psi = j.psi;
-  for (int64_t t = 0; t < j.T; ++t) {
-    const float* __restrict xt = j.x + t * j.M + n * j.P + p0;
-    float* __restrict yt = j.y + t * j.M + n * j.P + p0;
+}
+
+// The same step over a run of neurons of one channel (Conv-like layers): theta is a scalar.
+__attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
+void StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __restrict u,
+                    float th, float off, float psi, int32_t* __restrict acc, int64_t len) {
+  for (int64_t i = 0; i < len; ++i) {
+    const float u1 = (u[i] + xt[i]) + off;
+    float s = std::floor(u1 / th);
+    s = s < 0.f ? 0.f : s;
+    s = s > psi ? psi : s;
+    const float st = s * th;
+    u[i] = u1 - st;
+    yt[i] = st;
+    acc[i] += static_cast<int32_t>(s);
+  }
+}
+
+// One tile: neurons [p0, p1) of sample n, over all T steps.
+void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
+             float* psi_n, int32_t* acc) {
+  const int64_t len = p1 - p0;
+  std::fill(u, u + len, 0.f);
+  std::fill(acc, acc + len, 0);
+  const int64_t c0 = (p0 / j.K) % j.C, k0 = p0 % j.K;  // channel and position of neuron p0
+  if (j.K >= 16) {
+    for (int64_t t = 0; t < j.T; ++t) {
+      const int64_t base = t * j.M + n * j.P + p0;
+      int64_t c = c0, i = 0, run = j.K - k0;
+      while (i < len) {
+        const int64_t m = std::min(run, len - i);
+        StepOneChannel(j.x + base + i, j.y + base + i, u + i, j.theta[c], j.offset[c], j.psi_c[c],
+                       acc + i, m);
+        i += m;
+        run = j.K;
+        if (++c == j.C) c = 0;
+      }
+    }
+  } else {
+    int64_t c = c0, k = k0;
     for (int64_t i = 0; i < len; ++i) {
-      const float u1 = (u[i] + xt[i]) + off[i];
-      float q = std::floor(u1 / th[i]);
-      q = q < 0.f ? 0.f : q;
-      q = q > psi ? psi : q;
-      const float s = ok[i] != 0.f ? q : 0.f;
-      const float st = s * th[i];
-      u[i] = u1 - st;
-      yt[i] = st;
-      acc[i] += s;
+      th[i] = j.theta[c];
+      off[i] = j.offset[c];
+      psi_n[i] = j.psi_c[c];
+      if (++k == j.K) {
+        k = 0;
+        if (++c == j.C) c = 0;
+      }
+    }
+    for (int64_t t = 0; t < j.T; ++t) {
+      const int64_t base = t * j.M + n * j.P + p0;
+      StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, acc, len);
     }
   }
   if (j.partial) {
-    double total = 0;
+    int64_t total = 0;  // integer sums vectorise (a float sum would be a serial chain)
     for (int64_t i = 0; i < len; ++i) total += acc[i];
-    j.partial[n * j.tiles_per_sample + (p0 / kTile)] = static_cast<float>(total);
+    j.partial[n * j.tiles_per_sample + (p0 / kTile)] = total;
   }
 }
 
@@ -83,8 +123,9 @@ void RunTask(void* data, size_t task) {
   const int64_t n = static_cast<int64_t>(task) / j.tiles_per_sample;
   const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * kTile;
   const int64_t p1 = std::min(p0 + kTile, j.P);
-  alignas(64) float u[kTile], th[kTile], off[kTile], ok[kTile], acc[kTile];
-  RunTile(j, n, p0, p1, u, th, off, ok, acc);
+  alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
+  alignas(64) int32_t acc[kTile];
+  RunTile(j, n, p0, p1, u, th, off, psi_n, acc);
 }
 
 }  // namespace
@@ -114,6 +155,8 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
   }
   if (T < 1) return Fail(name, "attribute T must be >= 1, got " + std::to_string(T));
   if (psi < 1) return Fail(name, "attribute psi must be >= 1, got " + std::to_string(psi));
+  if (T > (int64_t{1} << 31) / psi)
+    return Fail(name, "T*psi = " + std::to_string(T) + "*" + std::to_string(psi) + " is too large (limit 2^31)");
   if (!(tau > 0.f) || !std::isfinite(tau))
     return Fail(name, "attribute tau must be a finite number > 0, got " + std::to_string(tau));
   *op_kernel = new BurstIFKernel(T, psi, tau, name);
@@ -160,10 +203,10 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     }
 
     const float* vth = V.GetTensorData<float>();
-    std::vector<float> theta(C), offset(C), fires(C);
+    std::vector<float> theta(C), offset(C), psi_c(C);
     for (int64_t c = 0; c < C; ++c) {
       const float th = tau_ * vth[nv == 1 ? 0 : c];
-      fires[c] = th > 0.f ? 1.f : 0.f;
+      psi_c[c] = th > 0.f ? static_cast<float>(psi_) : 0.f;
       theta[c] = th > 0.f ? th : 1.f;
       offset[c] = theta[c] / static_cast<float>(2 * T_);
     }
@@ -172,7 +215,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.y = Y.GetTensorMutableData<float>();
     job.theta = theta.data();
     job.offset = offset.data();
-    job.fires = fires.data();
+    job.psi_c = psi_c.data();
     job.T = T_;
     job.N = N;
     job.C = C;
@@ -180,17 +223,16 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.P = C * K;
     job.M = N * job.P;
     job.tiles_per_sample = (job.P + kTile - 1) / kTile;
-    job.psi = static_cast<float>(psi_);
-    std::vector<float> partial;
+    std::vector<int64_t> partial;
     if (spikes) {
-      partial.assign(static_cast<size_t>(N * job.tiles_per_sample), 0.f);
+      partial.assign(static_cast<size_t>(N * job.tiles_per_sample), 0);
       job.partial = partial.data();
     }
     const size_t tasks = static_cast<size_t>(N * job.tiles_per_sample);
     ctx.ParallelFor(RunTask, tasks, 0, &job);
     if (spikes) {
       for (int64_t n = 0; n < N; ++n) {
-        double total = 0;
+        int64_t total = 0;
         for (int64_t k = 0; k < job.tiles_per_sample; ++k) total += partial[n * job.tiles_per_sample + k];
         spikes[n] = static_cast<float>(total);
       }

@@ -72,6 +72,7 @@ def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
     if opset < MIN_OPSET:
         raise ValueError(f"the BurstIF fallback needs opset >= {MIN_OPSET}, got {opset}")
     n = helper.make_node
+    zero = {"allowzero": 1} if opset >= 14 else {}  # N = 0 needs allowzero (opset 14); at 13 it fails
     nodes = [
         _attr_const("T_i", "T", "value_int"),
         _attr_const("psi_i", "psi", "value_int"),
@@ -92,8 +93,11 @@ def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
         n("Gather", ["shp", "one_i"], ["C1"], axis=0),
         n("Reshape", ["T_i", "one_i"], ["T1"]),
         n("Div", ["TN", "T1"], ["N1"]),
-        n("Concat", ["T1", "N1", "C1", "mone_i"], ["tshape"], axis=0),
-        n("Reshape", ["X", "tshape"], ["Xt"]),
+        _const("two_v", [2], _I),
+        n("Slice", ["shp", "two_v", "big_i"], ["spatial"]),
+        n("ReduceProd", ["spatial"], ["K1"], keepdims=1),      # 1 for rank 2; no -1: N may be 0
+        n("Concat", ["T1", "N1", "C1", "K1"], ["tshape"], axis=0),
+        n("Reshape", ["X", "tshape"], ["Xt"], **zero),
         n("Shape", ["Xt"], ["tshp"]),
         n("Slice", ["tshp", "one_i", "big_i"], ["stepshape"]),
         # theta = tau * vth, broadcast along axis 1 of a step: [1, C, 1]
@@ -108,7 +112,7 @@ def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
         n("Scan", ["u0", "spk0", "theta", "offset", "psi_f", "fires", "Xt"],
           ["u_T", "spikes", "theta_T", "offset_T", "psi_T", "fires_T", "Yt"],
           num_scan_inputs=1, body=_step_body()),
-        n("Reshape", ["Yt", "shp"], ["Y"]),
+        n("Reshape", ["Yt", "shp"], ["Y"], **zero),
     ]
     return helper.make_function(
         DOMAIN, OP_TYPE, ["X", "vth"], ["Y", "spikes"], nodes,

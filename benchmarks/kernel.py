@@ -1,0 +1,96 @@
+"""BurstIF kernel speed (issue: the BurstIF operator).
+
+In one run, on [T*N, 64, 14, 14] tensors of about 1e5, 1e6 and 1e7 elements with T = 8:
+the C++ kernel against onnxruntime's own Relu over the same tensor (a memory-bound floor)
+and against the standard-op fallback, at 1 and 2 intra-op threads. Medians of interleaved
+repeats; the table's ratios are what to read (the machine is shared and noisy).
+
+    python benchmarks/kernel.py [--repeats 15] [--out benchmarks/results/kernel.md]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from onnx2burst import ops
+
+T, PSI, TAU = 8, 4, 1.0
+C, H, W = 64, 14, 14
+
+
+def _relu_model():
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "relu",
+                          [vi("X", TensorProto.FLOAT, ["B", C, H, W])], [vi("Y", TensorProto.FLOAT, ["B", C, H, W])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _burst_model():
+    vi = helper.make_tensor_value_info
+    node = ops.make_node("X", "vth", "Y", T=T, psi=PSI, tau=TAU, spikes="S")
+    g = helper.make_graph([node], "burst", [vi("X", TensorProto.FLOAT, ["B", C, H, W]), vi("vth", TensorProto.FLOAT, [C])],
+                          [vi("Y", TensorProto.FLOAT, ["B", C, H, W]), vi("S", TensorProto.FLOAT, ["N"])])
+    return ops.attach_function(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def _time(sess, feeds, outputs):
+    t0 = time.perf_counter()
+    sess.run(outputs, feeds)
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--sizes", default="1,10,100", help="N values (elements = 8*N*64*14*14)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel.md"))
+    ap.add_argument("--no-fallback", action="store_true", help="skip the (slow) fallback column")
+    args = ap.parse_args(argv)
+    if not ops.kernel_available():
+        sys.exit("the BurstIF kernel is not built: " + ops.kernel_status()[1])
+    relu, burst = _relu_model(), _burst_model()
+    rng = np.random.default_rng(0)
+    rows = []
+    for N in [int(s) for s in args.sizes.split(",")]:
+        x = rng.normal(size=(T * N, C, H, W)).astype(np.float32)
+        vth = rng.uniform(0.2, 1.0, C).astype(np.float32)
+        for threads in (1, 2):
+            sessions = {
+                "relu": (ops.make_session(relu, kernel=False, threads=threads), {"X": x}),
+                "kernel": (ops.make_session(burst, kernel=True, threads=threads), {"X": x, "vth": vth}),
+            }
+            if not args.no_fallback:
+                sessions["fallback"] = (ops.make_session(burst, kernel=False, threads=threads), {"X": x, "vth": vth})
+            times = {k: [] for k in sessions}
+            reps = args.repeats if x.size <= 2_000_000 else max(5, args.repeats // 3)
+            for k, (s, f) in sessions.items():  # warm-up
+                s.run(None, f)
+            for _ in range(reps):  # interleaved, so drifts in machine load hit all columns alike
+                for k, (s, f) in sessions.items():
+                    times[k].append(_time(s, f, None))
+            med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            rows.append((x.size, threads, med))
+            print(f"{x.size:>10,d} elems  {threads} thr  " + "  ".join(f"{k} {v:8.3f} ms" for k, v in med.items()), flush=True)
+    lines = ["| elements | threads | Relu ms | kernel ms | fallback ms | kernel / Relu | fallback / kernel |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, thr, med in rows:
+        fb = med.get("fallback")
+        lines.append(f"| {n:,} | {thr} | {med['relu']:.3f} | {med['kernel']:.3f} | "
+                     f"{fb:.3f} | " if fb else f"| {n:,} | {thr} | {med['relu']:.3f} | {med['kernel']:.3f} | - | ")
+        lines[-1] += f"{med['kernel'] / med['relu']:.2f} | " + (f"{fb / med['kernel']:.1f} |" if fb else "- |")
+    table = "\n".join(lines)
+    header = (f"# BurstIF kernel benchmark\n\nT={T}, psi={PSI}, X = [T*N, {C}, {H}, {W}], medians of interleaved "
+              f"repeats. Command: `python benchmarks/kernel.py`. Target: kernel <= 1.5x Relu.\n\n")
+    print("\n" + table)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(header + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
