@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(STAMP): $(BIN)/python pyproject.toml custom_ops/CMakeLists.txt
+$(STAMP): $(BIN)/python pyproject.toml $(wildcard custom_ops/*)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q scikit-build-core pytest hypothesis
 	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]'

@@ -2,6 +2,8 @@
 //   for t: u = u + X[t] + theta/(2T); s = clip(floor(u/theta), 0, psi); u = u - s*theta; Y[t] = s*theta
 // float32 in exactly this order (built with -ffp-contract=off), so it matches the numpy
 // reference and the standard-op fallback bit for bit. theta <= 0 never fires (Y = 0).
+// The clip is written as two selects, (q > 0 ? q : 0) then (q > psi ? psi : q), so that a
+// NaN membrane gives no spike (Y = 0) in all three implementations alike.
 //
 // Work split: each sample's C*K neurons are cut into tiles; ORT's intra-op pool runs the
 // tiles in parallel; inside a tile the loop over T is sequential and the loop over neurons
@@ -50,7 +52,7 @@ void StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __re
   for (int64_t i = 0; i < len; ++i) {
     const float u1 = (u[i] + xt[i]) + off[i];  // u = u + X[t] + theta/(2T)
     float s = std::floor(u1 / th[i]);          // floor(u / theta)
-    s = s < 0.f ? 0.f : s;                     // clip to [0, psi]
+    s = s > 0.f ? s : 0.f;                     // clip to [0, psi]; NaN -> 0
     s = s > psi_n[i] ? psi_n[i] : s;
     const float st = s * th[i];
     u[i] = u1 - st;                            // reset by subtraction
@@ -66,7 +68,7 @@ void StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __r
   for (int64_t i = 0; i < len; ++i) {
     const float u1 = (u[i] + xt[i]) + off;
     float s = std::floor(u1 / th);
-    s = s < 0.f ? 0.f : s;
+    s = s > 0.f ? s : 0.f;
     s = s > psi ? psi : s;
     const float st = s * th;
     u[i] = u1 - st;

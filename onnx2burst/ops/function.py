@@ -47,7 +47,10 @@ def _step_body() -> onnx.GraphProto:
         n("Add", ["ux", "offset_in"], ["u1"]),                 # u = u + X[t] + theta/(2T)
         n("Div", ["u1", "theta_in"], ["q"]),                   # u / theta
         n("Floor", ["q"], ["fq"]),
-        n("Clip", ["fq", "zero", "psi_in"], ["sc"]),           # clip(floor(u/theta), 0, psi)
+        n("Greater", ["fq", "zero"], ["pos"]),                 # clip(floor(u/theta), 0, psi) as two
+        n("Where", ["pos", "fq", "zero"], ["lo"]),             # selects: NaN -> 0, as in the kernel
+        n("Greater", ["lo", "psi_in"], ["big"]),
+        n("Where", ["big", "psi_in", "lo"], ["sc"]),
         n("Where", ["fires_in", "sc", "zero"], ["s"]),         # theta <= 0 never fires
         n("Mul", ["s", "theta_in"], ["y_t"]),                  # Y[t] = s * theta
         n("Sub", ["u1", "y_t"], ["u_out"]),                    # reset by subtraction

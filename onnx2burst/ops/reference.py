@@ -14,6 +14,7 @@ def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0)
     x: float32 ``[T*N, C, ...]``, time-major (row ``t*N + n``). vth: float32 ``[C]`` or ``[1]``.
     Returns ``(Y, spikes)``: ``Y`` like ``x``; ``spikes`` float32 ``[N]``, the number of
     spikes each sample emitted over all T steps (a burst of k counts k).
+    A NaN membrane emits no spike (the clip maps NaN to 0); +inf input fires psi per step.
     """
     x = np.asarray(x, dtype=np.float32)
     vth = np.asarray(vth, dtype=np.float32).reshape(-1)
@@ -35,7 +36,10 @@ def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0)
     spikes = np.zeros(N, dtype=np.float32)
     for t in range(T):
         u = (u + xt[t]) + offset
-        s = np.where(fires, np.clip(np.floor(u / theta), 0, psi), np.float32(0)).astype(np.float32)
+        q = np.floor(u / theta)
+        q = np.where(q > 0, q, np.float32(0))                  # clip(., 0, psi); NaN -> 0
+        q = np.where(q > psi, np.float32(psi), q)
+        s = np.where(fires, q, np.float32(0)).astype(np.float32)
         st = s * theta
         u = u - st
         y[t] = st
