@@ -19,6 +19,7 @@ namespace onnx2burst {
 namespace {
 
 constexpr int64_t kTile = 4096;
+constexpr int64_t kMaxPsi = 65536;
 
 std::string ShapeStr(const std::vector<int64_t>& s) {
   std::ostringstream o;
@@ -45,10 +46,12 @@ struct Job {
 
 // One timestep over contiguous neurons with per-neuron theta (Gemm-like layers, K small).
 // Every pointer is distinct, so it vectorises. psi_n is psi, or 0 where theta <= 0 (never fires).
+// Returns the number of spikes (an integer reduction, which vectorises).
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-void StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __restrict u,
-                   const float* __restrict th, const float* __restrict off,
-                   const float* __restrict psi_n, int32_t* __restrict acc, int64_t len) {
+int32_t StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __restrict u,
+                      const float* __restrict th, const float* __restrict off,
+                      const float* __restrict psi_n, int64_t len) {
+  int32_t count = 0;
   for (int64_t i = 0; i < len; ++i) {
     const float u1 = (u[i] + xt[i]) + off[i];  // u = u + X[t] + theta/(2T)
     float s = std::floor(u1 / th[i]);          // floor(u / theta)
@@ -57,14 +60,16 @@ void StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __re
     const float st = s * th[i];
     u[i] = u1 - st;                            // reset by subtraction
     yt[i] = st;                                // Y[t] = s * theta
-    acc[i] += static_cast<int32_t>(s);         // exact: 0 <= s <= psi
+    count += static_cast<int32_t>(s);          // exact: 0 <= s <= psi
   }
+  return count;
 }
 
 // The same step over a run of neurons of one channel (Conv-like layers): theta is a scalar.
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-void StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __restrict u,
-                    float th, float off, float psi, int32_t* __restrict acc, int64_t len) {
+int32_t StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __restrict u,
+                       float th, float off, float psi, int64_t len) {
+  int32_t count = 0;
   for (int64_t i = 0; i < len; ++i) {
     const float u1 = (u[i] + xt[i]) + off;
     float s = std::floor(u1 / th);
@@ -73,16 +78,17 @@ void StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __r
     const float st = s * th;
     u[i] = u1 - st;
     yt[i] = st;
-    acc[i] += static_cast<int32_t>(s);
+    count += static_cast<int32_t>(s);
   }
+  return count;
 }
 
 // One tile: neurons [p0, p1) of sample n, over all T steps.
 void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
-             float* psi_n, int32_t* acc) {
+             float* psi_n) {
   const int64_t len = p1 - p0;
   std::fill(u, u + len, 0.f);
-  std::fill(acc, acc + len, 0);
+  int64_t total = 0;
   const int64_t c0 = (p0 / j.K) % j.C, k0 = p0 % j.K;  // channel and position of neuron p0
   if (j.K >= 16) {
     for (int64_t t = 0; t < j.T; ++t) {
@@ -90,8 +96,8 @@ void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* t
       int64_t c = c0, i = 0, run = j.K - k0;
       while (i < len) {
         const int64_t m = std::min(run, len - i);
-        StepOneChannel(j.x + base + i, j.y + base + i, u + i, j.theta[c], j.offset[c], j.psi_c[c],
-                       acc + i, m);
+        total += StepOneChannel(j.x + base + i, j.y + base + i, u + i, j.theta[c], j.offset[c],
+                                j.psi_c[c], m);
         i += m;
         run = j.K;
         if (++c == j.C) c = 0;
@@ -110,14 +116,10 @@ void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* t
     }
     for (int64_t t = 0; t < j.T; ++t) {
       const int64_t base = t * j.M + n * j.P + p0;
-      StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, acc, len);
+      total += StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, len);
     }
   }
-  if (j.partial) {
-    int64_t total = 0;  // integer sums vectorise (a float sum would be a serial chain)
-    for (int64_t i = 0; i < len; ++i) total += acc[i];
-    j.partial[n * j.tiles_per_sample + (p0 / kTile)] = total;
-  }
+  if (j.partial) j.partial[n * j.tiles_per_sample + (p0 / kTile)] = total;
 }
 
 void RunTask(void* data, size_t task) {
@@ -126,8 +128,7 @@ void RunTask(void* data, size_t task) {
   const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * kTile;
   const int64_t p1 = std::min(p0 + kTile, j.P);
   alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
-  alignas(64) int32_t acc[kTile];
-  RunTile(j, n, p0, p1, u, th, off, psi_n, acc);
+  RunTile(j, n, p0, p1, u, th, off, psi_n);
 }
 
 }  // namespace
@@ -157,8 +158,8 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
   }
   if (T < 1) return Fail(name, "attribute T must be >= 1, got " + std::to_string(T));
   if (psi < 1) return Fail(name, "attribute psi must be >= 1, got " + std::to_string(psi));
-  if (T > (int64_t{1} << 31) / psi)
-    return Fail(name, "T*psi = " + std::to_string(T) + "*" + std::to_string(psi) + " is too large (limit 2^31)");
+  if (psi > kMaxPsi)  // keeps a tile's per-step spike count inside int32
+    return Fail(name, "attribute psi must be <= " + std::to_string(kMaxPsi) + ", got " + std::to_string(psi));
   if (!(tau > 0.f) || !std::isfinite(tau))
     return Fail(name, "attribute tau must be a finite number > 0, got " + std::to_string(tau));
   *op_kernel = new BurstIFKernel(T, psi, tau, name);
