@@ -195,7 +195,7 @@ def test_kernel_bad_shapes_raise_with_message(x_shape, vth_len, message):
 
 @needs_kernel
 @pytest.mark.parametrize("attrs, message", [
-    ({"psi": 0}, "psi must be >= 1"), ({"T": 0}, "T must be >= 1"),
+    ({"psi": 0}, "psi must be >= 1"), ({"psi": 70000}, "psi must be <= 65536"), ({"T": 0}, "T must be >= 1"),
     ({"tau": 0.0}, "tau must be a finite number > 0"), ({"tau": -1.0}, "tau must be a finite number > 0"),
 ])
 def test_kernel_bad_attributes_raise_with_message(attrs, message):
