@@ -90,6 +90,31 @@ def evaluate(model, x_u8, y, meta, bs=1000, channels_last=True):
     return correct / len(y)
 
 
+def inline_identity_initializers(m):
+    """The TorchScript exporter deduplicates equal constants (e.g. the zero biases of
+    BN-folded convs of an untrained net) and shares them through ``Identity`` nodes.
+    Replace each Identity whose input is an initializer by a copy of the initializer
+    under the Identity's output name, so that every weight is a plain initializer."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {t.name: t for t in m.graph.initializer}
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            arr = numpy_helper.to_array(inits[node.input[0]])
+            m.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
+        else:
+            keep.append(node)
+    if len(keep) != len(m.graph.node):
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        used = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        alive = [t for t in m.graph.initializer if t.name in used]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(alive)
+    return m
+
+
 def export_onnx(model, path: Path, input_shape, x_check: np.ndarray, threads: int):
     import onnx
     import onnxruntime as ort
@@ -101,7 +126,8 @@ def export_onnx(model, path: Path, input_shape, x_check: np.ndarray, threads: in
         torch.onnx.export(model, (dummy,), str(path), dynamo=False, **kw)
     except TypeError:  # torch without the dynamo switch
         torch.onnx.export(model, (dummy,), str(path), **kw)
-    m = onnx.load(str(path))
+    m = inline_identity_initializers(onnx.load(str(path)))
+    onnx.save(m, str(path))
     onnx.checker.check_model(m, full_check=True)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -11,4 +11,24 @@ try:
 except Exception:  # noqa: BLE001 - running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "convert", "Converter", "ConversionResult", "ConvertConfig", "CalibrationConfig",
+           "ThresholdConfig", "LayerConfig", "ImageOptions", "Onnx2BurstError"]
+
+# Imported on first use, so that `import onnx2burst` (and the CLI's --help) stays instant.
+_LAZY = {
+    "convert": "onnx2burst.convert", "Converter": "onnx2burst.convert", "ConversionResult": "onnx2burst.convert",
+    "ConvertConfig": "onnx2burst.config", "CalibrationConfig": "onnx2burst.config",
+    "ThresholdConfig": "onnx2burst.config", "LayerConfig": "onnx2burst.config", "ImageOptions": "onnx2burst.config",
+    "Onnx2BurstError": "onnx2burst.errors",
+}
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'onnx2burst' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value

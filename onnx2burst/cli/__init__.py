@@ -9,6 +9,11 @@ import click
 # name -> "module:attribute" of a click.Command; add a line here for a new subcommand.
 COMMANDS = {
     "doctor": "onnx2burst.cli.doctor:doctor",
+    "convert": "onnx2burst.cli.convert:convert",
+    "inspect": "onnx2burst.cli.inspect:inspect",
+    "portable": "onnx2burst.cli.portable:portable",
+    "eval": "onnx2burst.cli.eval:command",
+    "search": "onnx2burst.cli.search:command",
 }
 
 

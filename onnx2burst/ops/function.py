@@ -82,7 +82,6 @@ def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
         _attr_const("tau_f", "tau", "value_float"),
         _const("one_i", [1], _I),
         _const("two_i", 2, _I),
-        _const("mone_i", [-1], _I),
         _const("big_i", [2**62], _I),
         _const("zero_f", 0.0),
         _const("one_f", 1.0),

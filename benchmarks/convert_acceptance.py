@@ -1,0 +1,212 @@
+"""Acceptance of `onnx2burst convert` (issue 3) on the Fashion-MNIST model zoo.
+
+For each model in models/zoo (vgg_fmnist, vgg_max_fmnist, resnet20_fmnist): ANN top-1 and
+SNN top-1 on the 10k test set for
+
+    T=8 psi=4, T=16 psi=4, T=4 psi=4, T=32 psi=1   (threshold search + bias calibration)
+    T=32 psi=1 "max-norm"                          (threshold = channel max, no bias calibration)
+
+with 512 calibration samples (models/data/fmnist_calib.npz); for the MaxPool VGG also
+--maxpool avg (AveragePool instead of MaxPool) at T=8 and T=16 psi=4; and the conversion
+time and peak memory (ru_maxrss of a fresh process) of the ResNet at T=8 with 512 samples.
+Prints a markdown table and writes benchmarks/results/convert.md.
+
+    python benchmarks/convert_acceptance.py [--limit 2000] [--models resnet20_fmnist] [--threads 2]
+
+Targets: T=8,psi=4 within 1.0 point of the ANN; T=16,psi=4 within 0.5; T=32,psi=1 within 2.0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "models" / "zoo"
+CALIB = ROOT / "models" / "data" / "fmnist_calib.npz"
+MODELS = ("vgg_fmnist", "vgg_max_fmnist", "resnet20_fmnist")
+# (label, T, psi, thresholds method, bias calibration, maxpool)
+CONFIGS = [
+    ("T=8 psi=4", 8, 4, "search", True, "spikes"),
+    ("T=16 psi=4", 16, 4, "search", True, "spikes"),
+    ("T=4 psi=4", 4, 4, "search", True, "spikes"),
+    ("T=32 psi=1", 32, 1, "search", True, "spikes"),
+    ("T=32 psi=1 max-norm", 32, 1, "max", False, "spikes"),
+]
+MAXPOOL_AVG = [("T=8 psi=4 --maxpool avg", 8, 4, "search", True, "avg"),
+               ("T=16 psi=4 --maxpool avg", 16, 4, "search", True, "avg")]
+TARGETS = {"T=8 psi=4": 1.0, "T=16 psi=4": 0.5, "T=32 psi=1": 2.0}
+
+
+def test_set(model_json: Path, limit: int | None):
+    sys.path.insert(0, str(ROOT))
+    from models.data import load_fmnist_raw
+
+    meta = json.loads(model_json.read_text())
+    mean = np.float32(meta["normalization"]["mean"][0])
+    std = np.float32(meta["normalization"]["std"][0])
+    images, labels = load_fmnist_raw("test")
+    x = ((images.astype(np.float32).reshape(-1, 1, 28, 28) / np.float32(255.0)) - mean) / std
+    if limit:
+        x, labels = x[:limit], labels[:limit]
+    return x, labels
+
+
+def top1(session, x, labels, batch=256) -> float:
+    name = session.get_inputs()[0].name
+    correct = 0
+    for s in range(0, len(x), batch):
+        y = session.run(None, {name: x[s:s + batch]})[0]
+        correct += int((y.argmax(1) == labels[s:s + batch]).sum())
+    return 100.0 * correct / len(x)
+
+
+def convert_one(path: Path, T, psi, method, bias, maxpool, threads, stats_cache):
+    from onnx2burst.config import CalibrationConfig, ConvertConfig, ThresholdConfig
+    from onnx2burst.convert import Converter
+
+    cfg = ConvertConfig(T=T, psi=psi, maxpool=maxpool, bias_calibration=bias,
+                        thresholds=ThresholdConfig(method=method), calibration=CalibrationConfig(threads=threads))
+    conv = Converter(path, cfg)
+    key = (path, maxpool)
+    if key not in stats_cache:
+        data = conv.load_data(CALIB)
+        stats_cache[key] = (data, conv.activation_stats(data))
+    data, stats = stats_cache[key]
+    vth = conv.fit_thresholds(data, stats)
+    snn = conv.build(vth)
+    model = conv.calibrate(snn, data, stats).model if bias else snn.model
+    return conv, model
+
+
+def timed_conversion(path: Path, threads) -> dict:
+    """Convert in a fresh process (T=8, psi=4, 512 samples): wall seconds and peak RSS.
+
+    Run before this process holds anything big: Linux carries the parent's RSS at fork into
+    the child's ru_maxrss. VmHWM (peak RSS of the child's own address space) is reported too."""
+    code = (
+        "import json,resource,time,sys;t=time.perf_counter();"
+        "from onnx2burst.convert import Converter;from onnx2burst.config import ConvertConfig,CalibrationConfig;"
+        f"r=Converter({str(path)!r},ConvertConfig(T=8,psi=4,calibration=CalibrationConfig(samples=512,threads={threads!r})))"
+        f".run({str(CALIB)!r});"
+        "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
+        "print(json.dumps({'seconds':time.perf_counter()-t,'stages':r.stage_seconds,"
+        "'maxrss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,"
+        "'vmhwm_mb':int(hwm[0].split()[1])/1024 if hwm else None,'samples':r.samples}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--limit", type=int, default=None, help="first N test images only (default: all 10k)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="only the ResNet conversion time and memory")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convert.md")
+    ap.add_argument("--fresh", action="store_true", help="forget the results of earlier runs (convert.json)")
+    args = ap.parse_args(argv)
+
+    from onnx2burst import ops
+
+    # results accumulate in convert.json beside the table, so models can be measured one by one
+    store_path = args.out.with_suffix(".json")
+    store = {} if args.fresh or not store_path.is_file() else json.loads(store_path.read_text())
+    if store.get("limit") != args.limit:
+        store = {}
+    store["limit"] = args.limit
+    rows_by_model = store.setdefault("rows", {})
+    maxpool_store = store.setdefault("maxpool", {})
+    timing = store.get("timing")
+    resnet = ZOO / "resnet20_fmnist.onnx"
+    if not args.skip_timing and resnet.is_file() and ("resnet20_fmnist" in args.models or args.timing_only):
+        timing = store["timing"] = timed_conversion(resnet, args.threads)   # first: this process is still small
+        print(f"resnet20 conversion T=8 psi=4 512 samples: {timing}", flush=True)
+    if args.timing_only:
+        args.models = []
+    for name in args.models:
+        path = ZOO / f"{name}.onnx"
+        if not path.is_file():
+            print(f"skip {name}: {path} missing", file=sys.stderr)
+            continue
+        x, labels = test_set(path.with_suffix(".json"), args.limit)
+        maxpool_rows = []
+        ann_acc = top1(ops.make_session(path, threads=args.threads), x, labels)
+        row = {"model": name, "ANN": ann_acc, "threads": args.threads}
+        stats_cache: dict = {}
+        configs = CONFIGS + (MAXPOOL_AVG if "max" in name else [])
+        for label, T, psi, method, bias, maxpool in configs:
+            t = time.perf_counter()
+            conv, model = convert_one(path, T, psi, method, bias, maxpool, args.threads, stats_cache)
+            tc = time.perf_counter() - t
+            acc = top1(ops.make_session(model, threads=args.threads), x, labels, batch=max(32, 2048 // T))
+            print(f"{name:16s} {label:26s} top-1 {acc:6.2f}  (ANN {ann_acc:.2f}, convert {tc:.1f}s, "
+                  f"eval {time.perf_counter() - t - tc:.1f}s)", flush=True)
+            if maxpool == "avg":
+                ann_avg = top1(ops.make_session(conv.canonical.model, threads=args.threads), x, labels)
+                maxpool_rows.append((name, label, acc, ann_avg))
+            else:
+                row[label] = acc
+        rows_by_model[name] = row
+        if maxpool_rows:
+            maxpool_store[name] = maxpool_rows
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        store_path.write_text(json.dumps(store, indent=1))
+    store_path.write_text(json.dumps(store, indent=1))
+    rows = [rows_by_model[m] for m in MODELS if m in rows_by_model]
+    maxpool_rows = [tuple(r) for v in maxpool_store.values() for r in v]
+
+    n_test = args.limit or 10000
+    lines = [f"# `onnx2burst convert` acceptance (Fashion-MNIST, {n_test} test images, 512 calibration samples)", "",
+             "| model | ANN | " + " | ".join(c[0] for c in CONFIGS) + " |",
+             "|---|---|" + "---|" * len(CONFIGS)]
+    for r in rows:
+        cells = []
+        for c in CONFIGS:
+            v = r.get(c[0])
+            if v is None:
+                cells.append("-")
+                continue
+            d = v - r["ANN"]
+            tgt = TARGETS.get(c[0])
+            mark = "" if tgt is None else (" ✓" if -d <= tgt else " ✗")
+            cells.append(f"{v:.2f} ({d:+.2f}){mark}")
+        lines.append(f"| {r['model']} | {r['ANN']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Top-1 %, (difference to the ANN); ✓/✗: within the target (T=8,psi=4: 1.0; T=16,psi=4: 0.5; "
+              "T=32,psi=1: 2.0 points). max-norm: threshold = channel max, no bias calibration."]
+    if maxpool_rows:
+        lines += ["", "## MaxPool handling (vgg_max_fmnist)", "",
+                  "| setting | SNN top-1 | ANN top-1 (the ANN the SNN approximates) |", "|---|---|---|"]
+        mx = next((r for r in rows if r["model"] == "vgg_max_fmnist"), None)
+        if mx:
+            for c in ("T=8 psi=4", "T=16 psi=4"):
+                lines.append(f"| {c} --maxpool spikes (MaxPool per timestep) | {mx[c]:.2f} | {mx['ANN']:.2f} |")
+        for name, label, acc, ann_avg in maxpool_rows:
+            lines.append(f"| {label} (AveragePool instead) | {acc:.2f} | {ann_avg:.2f} |")
+    if timing:
+        lines += ["", "## Conversion cost (resnet20_fmnist, T=8, psi=4, 512 samples, fresh process)", "",
+                  f"- wall time: {timing['seconds']:.1f} s (target < 60 s); stages: "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in timing["stages"].items()),
+                  f"- peak memory: ru_maxrss {timing['maxrss_mb']:.0f} MB, VmHWM {timing.get('vmhwm_mb') or 0:.0f} MB "
+                  "(whole process: Python, onnx, onnxruntime, the data)"]
+    import platform
+    import os
+    threads = ", ".join(f"{r['model']} {r.get('threads') or 'default'}" for r in rows)
+    lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, shared with other work; "
+              f"onnxruntime threads: {threads}."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``onnx2burst convert``: a ReLU ANN in ONNX -> a burst-spiking SNN in ONNX."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options
+
+
+@click.command(name="convert")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@snn_options
+@calibration_options(required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Output file (default: MODEL.snn.onnx beside the input).")
+@click.option("--per-timestep-output", is_flag=True,
+              help="Add an output <name>_per_timestep [T, N, K] (any-time inference).")
+@click.option("--no-bias-calibration", is_flag=True, help="Skip the layer-wise bias calibration.")
+@click.option("--allow-inexact", is_flag=True,
+              help="Convert even when ops between neurons (Sigmoid, LRN, ...) cannot be converted exactly.")
+@click.option("--external-data", is_flag=True,
+              help="Write the weights to OUTPUT.data (automatic above 2 GB).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, quiet, **kw):
+    """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
+
+    Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
+    calibration data, the biases are calibrated layer by layer, and the output is the
+    mean over T timesteps. The result runs in onnxruntime (with the onnx2burst kernel, or
+    with its standard-op fallback anywhere).
+
+    \b
+    Example:
+      onnx2burst convert models/zoo/vgg_fmnist.onnx --T 8 --psi 4 \\
+          --calib models/data/fmnist_calib.npz -o vgg.snn.onnx
+    """
+    import time
+
+    with cli_errors():
+        from onnx2burst.config import ConvertConfig
+        from onnx2burst.convert import Converter
+        from onnx2burst.io import check_output, save_model
+
+        snn = build_snn(kw)
+        source, calib = build_calibration(kw)
+        cfg = ConvertConfig(**snn, per_timestep_output=per_timestep_output, bias_calibration=not no_bias_calibration,
+                            allow_inexact=allow_inexact, calibration=calib)
+        out = output or model.with_name(model.name[:-5] + ".snn.onnx" if model.name.endswith(".onnx")
+                                        else model.name + ".snn.onnx")
+        check_output(out, model)
+        progress = _progress(quiet)
+        t0 = time.perf_counter()
+        with progress.stage("analyse", 1) as st:
+            conv = Converter(model, cfg)
+            st.advance()
+        result = conv.run(source, progress)
+        with progress.stage("write", 1) as st:
+            save_model(result.model, out, source=model, external_data=True if external_data else None)
+            st.advance()
+        _summary(result, out, time.perf_counter() - t0)
+
+
+def _progress(quiet: bool):
+    from .options import RichProgress
+
+    return RichProgress(enabled=not quiet)
+
+
+def _summary(result, out, seconds) -> None:
+    from rich.console import Console
+
+    con = Console()
+    a = result.analysis
+    lo, hi = result.threshold_range
+    calibrated = len(result.deltas)
+    con.print(f"[bold green]converted[/] {len(a.neurons)} neuron layer(s) to BurstIF "
+              f"(T={result.snn.T}, psi/tau per layer in the file's metadata)")
+    con.print(f"  kept analog : {', '.join(n for n, _ in a.analog_layers) or 'none'}")
+    con.print(f"  thresholds  : {lo:.4g} .. {hi:.4g} (tau*vth per spike)")
+    con.print(f"  calibration : {result.samples} samples; bias calibrated for {calibrated} layer(s)")
+    if a.maxpools:
+        con.print(f"  MaxPool     : {len(a.maxpools)} node(s) run per timestep on spikes")
+    if a.inexact:
+        con.print(f"  [yellow]inexact[/]     : {', '.join(f'{i.node} ({i.op_type})' for i in a.inexact)}")
+    for n in result.notes:
+        con.print(f"  note        : {n}")
+    con.print(f"  time        : {seconds:.1f} s")
+    con.print(f"  output      : {out}")

@@ -1,0 +1,55 @@
+"""``onnx2burst eval``: an ANN against its SNN: accuracy, agreement, KL, spikes, energy, speed."""
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command(name="eval")
+@click.argument("ann", type=click.Path(exists=True, dir_okay=False))
+@click.argument("snn", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help=".npz with the inputs (under the input name, 'input' or 'x') and optional 'labels'.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
+@click.option("--limit", type=click.IntRange(1), help="Use only the first N samples.")
+@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads (default: ORT's).")
+@click.option("--kernel/--no-kernel", default=None,
+              help="Force the C++ BurstIF kernel on or off (default: use it when built).")
+@click.option("--e-ac", default=0.9, show_default=True, help="Energy of one accumulate, pJ.")
+@click.option("--e-mac", default=4.6, show_default=True, help="Energy of one multiply-accumulate, pJ.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json):
+    """Compare ANN.onnx with its SNN.onnx on DATA.
+
+    Reports top-1 of both (when the data has labels), how often they agree, the mean
+    symmetric KL between their softmax outputs, spikes per sample per layer, SynOps, the
+    energy estimate against the ANN's MACs (ALGORITHM.md §7) and ms per sample.
+
+    \b
+    Example:
+      onnx2burst eval models/zoo/resnet20_fmnist.onnx resnet20.snn.onnx \\
+          --data models/data/fmnist_test.npz --json
+    """
+    from onnx2burst.report import evaluate
+
+    from .options import cli_errors
+
+    try:
+        with cli_errors():
+            r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
+                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=not as_json)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    from rich.console import Console
+
+    from onnx2burst.report.tables import eval_tables
+
+    con = Console()
+    for t in eval_tables(r):
+        con.print(t)
+    for n in r.notes:
+        con.print(f"[yellow]note:[/] {n}")

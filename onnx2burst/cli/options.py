@@ -1,0 +1,158 @@
+"""Shared click option groups (each owns its options, documents them, and builds the
+object they describe), the rich progress display, and the error boundary of commands.
+
+    @click.command()
+    @snn_options
+    @calibration_options()
+    def cmd(**kw):
+        with cli_errors():
+            source, calib = build_calibration(kw)     # (data source, CalibrationConfig)
+            snn = build_snn(kw)                       # dict of ConvertConfig fields
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import click
+
+__all__ = ["snn_options", "calibration_options", "threads_option", "build_snn", "build_calibration",
+           "parse_size", "parse_floats", "RichProgress", "cli_errors"]
+
+
+def _compose(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+def parse_size(value: str | None):
+    """``"28"``, ``"28x28"`` or ``"32,28"`` -> (H, W)."""
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give H or HxW, e.g. 28 or 224x224", param_hint="--size") from None
+    if len(nums) == 1:
+        nums = nums * 2
+    if len(nums) != 2 or min(nums) < 1:
+        raise click.BadParameter(f"{value!r}: give H or HxW with positive integers", param_hint="--size")
+    return tuple(nums)
+
+
+def parse_floats(value: str | None, name: str):
+    """``"0.5"`` or ``"0.485,0.456,0.406"`` -> tuple of floats."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give one number or one per channel, comma-separated",
+                                 param_hint=name) from None
+
+
+threads_option = click.option("--threads", type=click.IntRange(1), default=None,
+                              help="onnxruntime intra-op threads (default: onnxruntime's, one per core).")
+
+#: --T, --psi, --tau, --maxpool: the SNN's settings (ConvertConfig fields).
+snn_options = _compose(
+    click.option("--T", "T", type=click.IntRange(1), default=8, show_default=True, help="Timesteps."),
+    click.option("--psi", type=click.IntRange(1), default=4, show_default=True,
+                 help="Most spikes a neuron emits per timestep (burst size)."),
+    click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="Threshold ratio: neurons fire at tau*vth, each spike worth tau*vth."),
+    click.option("--maxpool", type=click.Choice(["spikes", "avg"]), default="spikes", show_default=True,
+                 help="MaxPool: per timestep on spikes (measured best), or AveragePool instead."),
+)
+
+
+def calibration_options(required: bool = True):
+    """--calib, --calib-samples, --batch-size, --seed, --size, --mean, --std, --threads."""
+    return _compose(
+        click.option("--calib", required=required, metavar="DATA",
+                     help="Calibration data: .npy (one input), .npz (arrays named like the inputs, optional "
+                          "'labels'), or a folder of images."),
+        click.option("--calib-samples", type=click.IntRange(1), default=512, show_default=True,
+                     help="Use at most this many samples (a seeded random subset of larger data)."),
+        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
+                     help="Samples per onnxruntime run."),
+        click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+                     help="Seed of the sample subset."),
+        click.option("--size", default=None, metavar="HxW", help="Image folders: resize to HxW (default: the "
+                     "model input's)."),
+        click.option("--mean", default=None, metavar="M[,M,M]", help="Image folders: mean of (pixel/255), per channel."),
+        click.option("--std", default=None, metavar="S[,S,S]", help="Image folders: std of (pixel/255), per channel."),
+        threads_option,
+    )
+
+
+def build_snn(kw: dict) -> dict:
+    """Pop the snn_options values; returns ConvertConfig keyword arguments."""
+    return {k: kw.pop(k) for k in ("T", "psi", "tau", "maxpool")}
+
+
+def build_calibration(kw: dict):
+    """Pop the calibration_options values; returns ``(source, CalibrationConfig)``."""
+    from onnx2burst.config import CalibrationConfig, ImageOptions
+
+    image = ImageOptions(size=parse_size(kw.pop("size")),
+                         mean=parse_floats(kw.pop("mean"), "--mean") or (0.0,),
+                         std=parse_floats(kw.pop("std"), "--std") or (1.0,))
+    cfg = CalibrationConfig(samples=kw.pop("calib_samples"), batch_size=kw.pop("batch_size"), seed=kw.pop("seed"),
+                            threads=kw.pop("threads"), image=image)
+    return kw.pop("calib"), cfg
+
+
+class RichProgress:
+    """``calibration.progress.Progress`` shown as rich bars on stderr, one per stage."""
+
+    def __init__(self, enabled: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None = None) -> Iterator:
+        if not self.enabled:
+            yield _Null()
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=self.console, transient=False) as p:
+            task = p.add_task(name, total=total)
+            yield _Stage(p, task)
+            p.update(task, completed=total if total is not None else 1, total=total or 1)
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(f"[yellow]note:[/] {message}")
+
+
+class _Stage:
+    def __init__(self, p, task):
+        self.p, self.task = p, task
+
+    def advance(self, n: int = 1) -> None:
+        self.p.advance(self.task, n)
+
+
+class _Null:
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Turn onnx2burst's errors into a clean message and a non-zero exit."""
+    from onnx2burst.errors import Onnx2BurstError
+
+    try:
+        yield
+    except Onnx2BurstError as e:
+        raise click.ClickException(str(e)) from None

@@ -1,0 +1,109 @@
+"""``onnx2burst search``: per-layer sensitivity/energy tables, BSR and SSC (ALGORITHM.md §6-§8)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options
+
+
+@click.command(name="search")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@snn_options
+@calibration_options(required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for sensitivity.png, frontier.png and search.json.")
+@click.option("--snn", "snn_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="MODEL's SNN, converted with the same --T/--psi/--calib (default: converted here).")
+@click.option("--bsr/--no-bsr", default=True, show_default=True, help="Burst Spike Reallocation: psi per layer.")
+@click.option("--ssc/--no-ssc", default=True, show_default=True, help="Sensitivity Spike Compression: tau per layer.")
+@click.option("--psi-max", default=8, show_default=True, type=click.IntRange(1), help="BSR candidates psi = 1..psi-max.")
+@click.option("--psi-target", type=click.IntRange(1), help="BSR budget: energy of this uniform psi (default --psi).")
+@click.option("--ratio", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="BSR budget = ratio * sum_i E_i(psi-target).")
+@click.option("--taus", default="1:10:0.5", show_default=True,
+              help="SSC candidates: start:stop:step or a comma list (must hold 1.0).")
+@click.option("--r", "r", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="SSC budget = r * sum_i S_i(tau=1).")
+@click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
+              help="E_i(k): the layer's spikes per sample, or its SynOps.")
+@click.option("--samples", default=256, show_default=True, type=click.IntRange(1),
+              help="Calibration samples the sensitivities are measured on.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the tuned SNN (chosen psi/tau, recalibrated) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus, r, energy, samples,
+            output, as_json, quiet, **kw):
+    """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
+
+    For every neuron layer i and candidate k, S_i(k) is the symmetric KL between the ANN
+    and the SNN with only layer i changed, and E_i(k) that layer's spikes (or SynOps) per
+    sample. BSR picks psi per layer with the least total S within the energy of a uniform
+    psi; SSC then picks tau per layer with the least energy within the sensitivity of
+    tau=1. Thresholds are refit and biases recalibrated after each (ALGORITHM.md §8).
+
+    Writes OUT/sensitivity.png (S against psi and tau per layer), OUT/frontier.png (the
+    energy/sensitivity frontier, uniform configurations and the choice) and
+    OUT/search.json (every S_i(k), E_i(k), SynOps, the frontiers and the choices).
+
+    \b
+    Example:
+      onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
+          --T 8 --psi 4 --out report/ -o resnet20.tuned.snn.onnx
+    """
+    if not (bsr or ssc):
+        raise click.UsageError("nothing to do: both --no-bsr and --no-ssc")
+    with cli_errors():
+        from onnx2burst.config import ConvertConfig
+        from onnx2burst.convert import Converter
+        from onnx2burst.io import load_model, save_model
+        from onnx2burst.report.plots import plot_frontier, plot_sensitivity
+        from onnx2burst.tuning import search as S
+
+        grid = S.parse_grid(taus)
+        snn_cfg = build_snn(kw)
+        source, calib = build_calibration(kw)
+        conv = Converter(model, ConvertConfig(**snn_cfg, calibration=calib))
+        progress = _progress(quiet or as_json)
+        data = conv.load_data(source)
+        snn = load_model(snn_path) if snn_path else None
+        res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
+                     ratio=ratio, taus=grid, r=r, energy=energy, samples=samples, progress=progress,
+                     show_progress=not (quiet or as_json))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        doc = {"model": os.fspath(model), "snn": None if snn_path is None else os.fspath(snn_path),
+               "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": energy, **res.to_dict()}
+        (out_dir / "search.json").write_text(json.dumps(doc, indent=1))
+        steps = [(c, m.psi if c.kind == "psi" else m.tau, m.baseline_S)
+                 for c, m in ((res.bsr, res.measurements.get("bsr")), (res.ssc, res.measurements.get("ssc")))
+                 if c is not None]
+        m0 = next(iter(res.measurements.values()))
+        plot_sensitivity([tb for _, tb, _ in steps], out_dir / "sensitivity.png",
+                         title=f"{model.name}: {m0.samples} samples, T={m0.T}")
+        plot_frontier([c for c, _, _ in steps], out_dir / "frontier.png")
+        if output:
+            save_model(res.model, output, source=model)
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+        return
+    from rich.console import Console
+
+    from onnx2burst.report.tables import search_tables
+
+    con = Console()
+    for t in search_tables(steps, res.timings):
+        con.print(t)
+    notes = sorted({n for m in res.measurements.values() for n in m.notes})
+    for n in notes:
+        con.print(f"[yellow]note:[/] {n}")
+    con.print(f"wrote {out_dir}/search.json, sensitivity.png, frontier.png" + (f"; SNN {output}" if output else ""))
+
+
+def _progress(quiet: bool):
+    from .options import RichProgress
+
+    return RichProgress(enabled=not quiet)

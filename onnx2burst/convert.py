@@ -1,0 +1,281 @@
+"""The conversion pipeline: ``convert(model, calib, T=8, psi=4, tau=1.0) -> onnx.ModelProto``.
+
+Stages (``Converter`` runs them one by one; ``convert`` runs them all):
+
+1. canonicalise (``graph.canonicalize``): opset >= 13, constants folded, BatchNorm folded,
+   Identity/Dropout dropped, symbolic batch;
+2. analyse (``rewrite.analyze``): neurons, analog layers, ops that cannot be converted
+   exactly (an error unless ``allow_inexact``), all before any heavy work;
+3. thresholds (``tuning.thresholds``): pass 1 (per-channel max and mean of the ANN), pass 2
+   (the 95-candidate error search, §4), streamed over calibration batches;
+4. rewrite (``rewrite.build_snn``): BurstIF neurons, Tile before the first one, mean over T;
+5. bias calibration (``tuning.bias``, §5), layer by layer, folded into the biases;
+6. metadata (version, T, per-layer psi/tau/vth, calibration size, source sha256).
+
+Writing the file is ``io.save_model``'s job (the CLI does it).
+
+For BSR/SSC (§8) use the stages directly::
+
+    conv = Converter("model.onnx", ConvertConfig(T=8, psi=4))
+    data = conv.load_data("calib.npz")
+    stats = conv.activation_stats(data)                       # pass 1, once
+    settings = conv.settings(psi={"relu1": 2})               # per-neuron (psi, tau)
+    vth = conv.fit_thresholds(data, stats, settings)          # pass 2 (refit per psi)
+    snn = conv.build(vth, settings)                           # SNN (uncalibrated)
+    snn = conv.calibrate(snn, data, stats)                    # bias calibration
+    model = conv.finalize(snn.model, ...)                     # or conv.run(data) for all
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import types
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .calibration.data import CalibrationSet, input_specs, load_calibration
+from .calibration.progress import NullProgress
+from .config import CalibrationConfig, ConvertConfig, ThresholdConfig
+from .errors import ConfigError, GraphError, UnsupportedModelError
+from .graph import Canonical, canonicalize
+from .io import file_sha256, load_model, model_sha256
+from .rewrite import SNN, Analysis, NeuronParams, analyze, build_snn
+from .tuning.bias import calibrate_biases
+from .tuning.thresholds import ActivationStats, activation_stats, search_thresholds
+
+__all__ = ["convert", "Converter", "ConversionResult", "METADATA_PREFIX"]
+
+METADATA_PREFIX = "onnx2burst."
+
+
+@dataclass
+class ConversionResult:
+    """What ``Converter.run`` produced: the SNN ``model`` and how it got there."""
+
+    model: onnx.ModelProto
+    analysis: Analysis
+    snn: SNN
+    thresholds: dict[str, np.ndarray]
+    settings: dict[str, tuple[int, float]]
+    deltas: dict[str, np.ndarray]
+    skipped_bias: dict[str, str]
+    notes: list[str]
+    samples: int
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def threshold_range(self) -> tuple[float, float]:
+        vals = np.concatenate([np.asarray(v).reshape(-1) for v in self.thresholds.values()])
+        vals = vals[vals > 0]
+        return (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
+
+
+class Converter:
+    """The pipeline on one model; see the module docstring.
+
+    model: a path or an ``onnx.ModelProto``. Stages 1-2 run on construction, so
+    unsupported ops are reported before any data is read.
+    """
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, config: ConvertConfig | None = None):
+        self.config = config or ConvertConfig()
+        if isinstance(model, onnx.ModelProto):
+            self.source, self.source_path = model, None
+            self.source_sha256 = model_sha256(model)
+        else:
+            self.source_path = Path(model)
+            self.source = load_model(self.source_path)
+            self.source_sha256 = file_sha256(self.source_path)
+        self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
+        self.analysis: Analysis = analyze(self.canonical)
+        a = self.analysis
+        if a.shape_issues:
+            raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.shape_issues],
+                                        hint="compute the shape from the tensor it applies to")
+        if a.inexact and not self.config.allow_inexact:
+            raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.inexact])
+        if not a.neurons:
+            raise GraphError("the model has no Relu or Clip(min=0) to turn into spiking neurons")
+        unknown = sorted(set(self.config.layers) - set(a.neuron_names))
+        if unknown:
+            raise ConfigError(f"per-layer settings name unknown neuron(s) {unknown}; "
+                              f"the neurons are {a.neuron_names}")
+        self._stats: list[tuple[CalibrationSet, ActivationStats]] = []
+
+    # ------------------------------------------------------------ stages
+    @property
+    def calibration(self) -> CalibrationConfig:
+        return self.config.calibration
+
+    def load_data(self, calib) -> CalibrationSet:
+        """Read and check calibration data against the model's inputs (``calibration.data``)."""
+        c = self.calibration
+        return load_calibration(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
+                                image=c.image)
+
+    def settings(self, psi: Mapping[str, int] | None = None, tau: Mapping[str, float] | None = None) \
+            -> dict[str, tuple[int, float]]:
+        """Per-neuron ``(psi, tau)``: the config's (global and per-layer), overridden by ``psi``/``tau``."""
+        out = {}
+        for name in self.analysis.neuron_names:
+            p, t = self.config.layer(name)
+            if psi and name in psi:
+                p = int(psi[name])
+            if tau and name in tau:
+                t = float(tau[name])
+            out[name] = (p, t)
+        return out
+
+    def activation_stats(self, data: CalibrationSet, progress=None) -> ActivationStats:
+        """Pass 1 (cached per data set)."""
+        for seen, stats in self._stats:
+            if seen is data:
+                return stats
+        c = self.calibration
+        stats = activation_stats(self.canonical, self.analysis, data, batch_size=c.batch_size,
+                                 threads=c.threads, progress=progress)
+        self._stats.append((data, stats))
+        return stats
+
+    def fit_thresholds(self, data: CalibrationSet, stats: ActivationStats | None = None,
+                       settings: Mapping | None = None, *, thresholds: ThresholdConfig | None = None,
+                       progress=None) -> dict:
+        """Pass 2 (§4) for ``settings`` (default ``self.settings()``); see ``search_thresholds``."""
+        stats = stats or self.activation_stats(data, progress)
+        c = self.calibration
+        return search_thresholds(self.canonical, self.analysis, data, stats, T=self.config.T,
+                                 settings=settings or self.settings(), config=thresholds or self.config.thresholds,
+                                 batch_size=c.batch_size, threads=c.threads, progress=progress)
+
+    def build(self, thresholds: Mapping[str, np.ndarray], settings: Mapping[str, tuple[int, float]] | None = None,
+              *, T: int | None = None) -> SNN:
+        """The SNN graph with these thresholds (uncalibrated biases)."""
+        settings = settings or self.settings()
+        params = {n: NeuronParams(np.asarray(thresholds[n], np.float32), *settings[n]) for n in self.analysis.neuron_names}
+        return build_snn(self.canonical, self.analysis, params, T=T or self.config.T,
+                         per_timestep_output=self.config.per_timestep_output, allow_inexact=self.config.allow_inexact)
+
+    def calibrate(self, snn: SNN, data: CalibrationSet, stats: ActivationStats | None = None, *,
+                  neurons=None, progress=None):
+        """Bias calibration (§5): returns ``tuning.bias.BiasCalibration`` (``.model``, ``.deltas``)."""
+        stats = stats or self.activation_stats(data, progress)
+        c = self.calibration
+        return calibrate_biases(snn, stats.mean, data, batch_size=c.batch_size, threads=c.threads, kernel=c.kernel,
+                                cache_mb=c.cache_mb, neurons=neurons, progress=progress)
+
+    def finalize(self, model: onnx.ModelProto, snn: SNN, thresholds: Mapping[str, np.ndarray], samples: int,
+                 calibrated: set[str] | None = None) -> onnx.ModelProto:
+        """Add the metadata (``onnx2burst.*`` keys) to ``model`` in place and return it."""
+        layers = []
+        for n in snn.neurons:
+            v = np.asarray(thresholds[n.name], np.float64).reshape(-1)
+            layers.append({"name": n.name, "psi": n.psi, "tau": n.tau, "channels": int(v.size),
+                           "vth_min": float(v.min()), "vth_max": float(v.max()), "vth_mean": float(v.mean()),
+                           "bias_calibrated": bool(calibrated and n.name in calibrated)})
+        meta = {
+            "version": __version__,
+            "T": str(snn.T),
+            "layers": json.dumps(layers),
+            "calibration_samples": str(samples),
+            "source_sha256": self.source_sha256,
+            "maxpool": self.config.maxpool,
+            "thresholds": self.config.thresholds.method,
+            "bias_calibration": str(bool(calibrated)).lower(),
+            "outputs": json.dumps({"mean_over_T": snn.outputs, "per_timestep": snn.per_timestep_outputs}),
+        }
+        keep = [p for p in model.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
+        for k, v in meta.items():
+            p = model.metadata_props.add()
+            p.key, p.value = METADATA_PREFIX + k, v
+        model.producer_name = "onnx2burst"
+        model.producer_version = __version__
+        return model
+
+    def run(self, calib, progress=None) -> ConversionResult:
+        """All stages on ``calib`` (anything ``load_data`` reads, or a ``CalibrationSet``)."""
+        progress = progress or NullProgress()
+        t0 = time.perf_counter()
+        times = {}
+        data = self.load_data(calib)
+        times["load data"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        stats = self.activation_stats(data, progress)
+        times["pass 1"] = time.perf_counter() - t
+        t = time.perf_counter()
+        settings = self.settings()
+        vth = self.fit_thresholds(data, stats, settings, progress=progress)
+        times["pass 2"] = time.perf_counter() - t
+        t = time.perf_counter()
+        snn = self.build(vth, settings)
+        times["rewrite"] = time.perf_counter() - t
+        deltas, skipped, model = {}, {}, snn.model
+        if self.config.bias_calibration:
+            t = time.perf_counter()
+            cal = self.calibrate(snn, data, stats, progress=progress)
+            model, deltas, skipped = cal.model, cal.deltas, cal.skipped
+            times["bias calibration"] = time.perf_counter() - t
+        self.finalize(model, snn, vth, len(data), set(deltas))
+        onnx.checker.check_model(model)
+        notes = list(self.analysis.notes) + [f"bias calibration skipped for {k}: {v}" for k, v in skipped.items()]
+        return ConversionResult(model=model, analysis=self.analysis, snn=snn, thresholds=vth, settings=settings,
+                                deltas=deltas, skipped_bias=skipped, notes=notes, samples=len(data),
+                                seconds=time.perf_counter() - t0, stage_seconds=times)
+
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(ConvertConfig)}
+_CALIB_FIELDS = {f.name for f in dataclasses.fields(CalibrationConfig)}
+
+
+def convert(model: str | os.PathLike | onnx.ModelProto, calib, T: int | None = None, psi: int | None = None,
+            tau: float | None = None, *, config: ConvertConfig | None = None, progress=None,
+            **options) -> onnx.ModelProto:
+    """Convert a ReLU ANN (path or ModelProto) into a burst-spiking SNN ModelProto.
+
+    calib: a .npy/.npz path, an image folder, an array, a dict of arrays, or a reader/iterable
+    of input dicts (see ``onnx2burst.calibration.data``). T/psi/tau: override ``config``.
+    options: any other ``ConvertConfig`` field (``maxpool``, ``per_timestep_output``,
+    ``bias_calibration``, ``allow_inexact``, ``layers``, ``thresholds``) or
+    ``CalibrationConfig`` field (``samples``, ``batch_size``, ``seed``, ``threads``,
+    ``kernel``, ``cache_mb``, ``image``).
+
+    Example::
+
+        import onnx2burst
+        snn = onnx2burst.convert("vgg.onnx", "calib.npz", T=8, psi=4)
+        onnx2burst.io.save_model(snn, "vgg.snn.onnx")
+    """
+    config = config or ConvertConfig()
+    top = {k: v for k, v in (("T", T), ("psi", psi), ("tau", tau)) if v is not None}
+    cfg_opts = {k: v for k, v in options.items() if k in _CONFIG_FIELDS}
+    cal_opts = {k: v for k, v in options.items() if k in _CALIB_FIELDS}
+    unknown = sorted(set(options) - _CONFIG_FIELDS - _CALIB_FIELDS)
+    if unknown:
+        raise ConfigError(f"convert() got unknown option(s) {unknown}; known: "
+                          f"{sorted((_CONFIG_FIELDS | _CALIB_FIELDS) - {'calibration'})}")
+    if cal_opts:
+        cfg_opts["calibration"] = dataclasses.replace(config.calibration, **cal_opts)
+    config = dataclasses.replace(config, **top, **cfg_opts)
+    return Converter(model, config).run(calib, progress).model
+
+
+class _CallableModule(types.ModuleType):
+    """``onnx2burst.convert`` names both this module and the function: once the module is
+    imported, Python binds the package attribute to the module, so the module forwards
+    calls to ``convert``."""
+
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,54 @@
+"""MaxPool handling (§3).
+
+On spikes, MaxPool per timestep is not max-pooling of rates: the mean over T of the max is
+at least the max of the means. Two options are implemented:
+
+- ``"spikes"`` (default): keep the MaxPool node; it runs per timestep on the spike maps
+  (as the authors' ImageNet ResNet does), and the bias calibration (§5) of the next
+  neurons absorbs part of the bias it adds.
+- ``"avg"``: replace every MaxPool by an AveragePool of the same window (and
+  GlobalMaxPool by GlobalAveragePool) *in the ANN too*, so the thresholds and the bias
+  calibration target the changed ANN. Exact under rate coding, but it changes the ANN.
+
+Measured on the Fashion-MNIST VGG with MaxPool (models/zoo/vgg_max_fmnist.onnx, ANN 94.37 %
+top-1 on the 10k test images, 512 calibration samples; benchmarks/convert_acceptance.py,
+results in benchmarks/results/convert.md):
+
+    setting             T=8 psi=4   T=16 psi=4
+    "spikes" (default)    94.09 %     93.97 %
+    "avg"                 64.39 %     64.71 %   (the ANN itself with AveragePool: 65.16 %)
+
+Swapping in AveragePool without retraining breaks the ANN itself, so "spikes" is the default.
+"""
+from __future__ import annotations
+
+import onnx
+from onnx import helper
+
+from ..errors import GraphError
+
+__all__ = ["replace_maxpool"]
+
+
+def replace_maxpool(model: onnx.ModelProto) -> list[str]:
+    """Replace MaxPool/GlobalMaxPool by AveragePool/GlobalAveragePool in place; returns node names."""
+    done = []
+    for k, node in enumerate(list(model.graph.node)):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "GlobalMaxPool":
+            new = helper.make_node("GlobalAveragePool", list(node.input), list(node.output), name=node.name)
+        elif node.op_type == "MaxPool":
+            if len(node.output) > 1 and node.output[1]:
+                raise GraphError(f"MaxPool {node.name!r}: its Indices output is used; cannot replace it by AveragePool")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if any(d != 1 for d in attrs.pop("dilations", [])):
+                raise GraphError(f"MaxPool {node.name!r} has dilations; AveragePool cannot replace it")
+            attrs.pop("storage_order", None)
+            attrs["count_include_pad"] = 0  # like MaxPool's padding, which never wins
+            new = helper.make_node("AveragePool", list(node.input[:1]), list(node.output[:1]), name=node.name, **attrs)
+        else:
+            continue
+        model.graph.node[k].CopyFrom(new)
+        done.append(node.name)
+    return done

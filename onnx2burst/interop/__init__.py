@@ -1,0 +1,1 @@
+"""Using an SNN file elsewhere: portable ONNX (standard ops only), PyTorch, NIR."""

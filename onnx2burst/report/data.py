@@ -1,0 +1,77 @@
+"""Input batches for evaluation and search: arrays, or an ``.npz`` with inputs and labels.
+
+An ``.npz`` holds the input under the model's input name, ``input``, or ``x`` (or as its
+only array), and optionally labels under ``labels``, ``label`` or ``y``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+_INPUT_KEYS = ("input", "x", "inputs", "data", "images")
+_LABEL_KEYS = ("labels", "label", "y", "targets")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``[N, ...]`` float32 and optional int64 labels ``[N]``."""
+
+    x: np.ndarray
+    labels: np.ndarray | None = None
+    source: str = "<arrays>"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def limit(self, n: int | None) -> "Dataset":
+        if n is None or n >= len(self):
+            return self
+        return Dataset(self.x[:n], None if self.labels is None else self.labels[:n], self.source)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        for s in range(0, len(self), batch_size):
+            yield self.x[s:s + batch_size], None if self.labels is None else self.labels[s:s + batch_size]
+
+
+def load_dataset(data, input_name: str | None = None) -> Dataset:
+    """A Dataset from a Dataset, a ``CalibrationSet`` (one input), an array, an
+    ``(x, labels)`` pair, or an ``.npz`` path."""
+    if isinstance(data, Dataset):
+        return data
+    inputs = getattr(data, "inputs", None)
+    if isinstance(inputs, dict):  # onnx2burst.calibration.data.CalibrationSet
+        if len(inputs) != 1:
+            raise ValueError(f"{getattr(data, 'source', 'data')}: one input expected, got {sorted(inputs)}")
+        labels = getattr(data, "labels", None)
+        return Dataset(np.ascontiguousarray(next(iter(inputs.values())), dtype=np.float32),
+                       None if labels is None else np.asarray(labels).astype(np.int64),
+                       str(getattr(data, "source", "calibration set")))
+    if isinstance(data, np.ndarray):
+        return Dataset(np.ascontiguousarray(data, dtype=np.float32))
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+        return Dataset(np.ascontiguousarray(x, dtype=np.float32),
+                       None if y is None else np.asarray(y).astype(np.int64))
+    path = os.fspath(data)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        xk = next((k for k in ((input_name,) if input_name else ()) + _INPUT_KEYS if k in keys), None)
+        arrays = [k for k in keys if z[k].ndim >= 2]
+        if xk is None and len(arrays) == 1:
+            xk = arrays[0]
+        if xk is None:
+            raise ValueError(f"{path}: no input array; expected one of "
+                             f"{[input_name] if input_name else []}{list(_INPUT_KEYS)}, found {keys}")
+        yk = next((k for k in _LABEL_KEYS if k in keys), None)
+        x = np.ascontiguousarray(z[xk], dtype=np.float32)
+        y = None if yk is None else z[yk].astype(np.int64).reshape(-1)
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"{path}: {x.shape[0]} inputs but {y.shape[0]} labels")
+    return Dataset(x, y, path)

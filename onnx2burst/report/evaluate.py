@@ -1,0 +1,110 @@
+"""``evaluate``: an ANN against its SNN on labelled (or unlabelled) data, §6-§7."""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import onnx
+
+from .. import ops
+from ..tuning.energy import ann_macs, energy_model, with_spike_outputs
+from ..tuning.sensitivity import KLMeter
+from .data import load_dataset
+from .progress import progress_bar
+from .results import EvalResult, ModelStats
+
+
+def load_onnx(model) -> onnx.ModelProto:
+    """A ModelProto from a ModelProto or a path."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    try:
+        from ..io import load_model  # the converter's loader (external data, checks)
+    except ImportError:
+        return onnx.load(os.fspath(model))
+    return load_model(model)
+
+
+def data_input(model: onnx.ModelProto) -> str:
+    """The name of the model's one data input (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise ValueError(f"expected one data input, the model has {names}")
+    return names[0]
+
+
+def snn_T(snn: onnx.ModelProto) -> int:
+    """T of an SNN: its metadata when present, else the BurstIF attribute."""
+    for p in snn.metadata_props:
+        if p.key in ("onnx2burst.T", "T"):
+            return int(p.value)
+    from ..tuning.energy import burst_nodes
+    from onnx import helper
+
+    for n in burst_nodes(snn):
+        for a in n.attribute:
+            if a.name == "T":
+                return int(helper.get_attribute_value(a))
+    raise ValueError("not an onnx2burst SNN: no BurstIF node")
+
+
+def _timed_runs(sess, feed_name, batches, out_names, advance):
+    """Run every batch once after one untimed warm-up on the first; returns outputs, seconds."""
+    outs, seconds = [], 0.0
+    for i, x in enumerate(batches):
+        if i == 0:
+            sess.run(out_names, {feed_name: x})
+        t0 = time.perf_counter()
+        outs.append(sess.run(out_names, {feed_name: x}))
+        seconds += time.perf_counter() - t0
+        advance(x.shape[0])
+    return outs, seconds
+
+
+def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = None,
+             kernel: bool | None = None, limit: int | None = None, e_ac_pj: float = 0.9,
+             e_mac_pj: float = 4.6, progress: bool = False) -> EvalResult:
+    """Compare an ANN with its SNN on ``data`` (npz path, array, (x, labels) or Dataset).
+
+    Returns top-1 of both (with labels), top-1 agreement, the mean symmetric KL, spikes per
+    sample per layer, SynOps, the energy estimate against the ANN's MACs, and ms per sample.
+    """
+    ann, snn = load_onnx(ann), load_onnx(snn)
+    ds = load_dataset(data, data_input(ann)).limit(limit)
+    if not len(ds):
+        raise ValueError("no samples to evaluate")
+    em = energy_model(snn)
+    snn_run, spike_names = with_spike_outputs(snn)
+    use_kernel = ops.kernel_available() if kernel is None else kernel
+    a_sess = ops.make_session(ann, kernel=False, threads=threads)
+    s_sess = ops.make_session(snn_run, kernel=use_kernel, threads=threads)
+    a_in, s_in = data_input(ann), data_input(snn)
+    a_out, s_out = ann.graph.output[0].name, snn.graph.output[0].name
+    xs = [x for x, _ in ds.batches(batch_size)]
+
+    with progress_bar("ANN", 2 * len(ds), progress) as advance:
+        a_res, a_sec = _timed_runs(a_sess, a_in, xs, [a_out], advance)
+        advance(0, description="SNN")
+        s_res, s_sec = _timed_runs(s_sess, s_in, xs, [s_out] + spike_names, advance)
+
+    a_logits = np.concatenate([r[0] for r in a_res])
+    s_logits = np.concatenate([r[0] for r in s_res])
+    spikes = np.stack([np.concatenate([r[1 + j] for r in s_res]) for j in range(len(spike_names))])
+    kl = KLMeter()
+    kl.update(a_logits.reshape(len(ds), -1), s_logits.reshape(len(ds), -1))
+    a_pred = a_logits.reshape(len(ds), -1).argmax(1)
+    s_pred = s_logits.reshape(len(ds), -1).argmax(1)
+
+    def top1(pred):
+        return None if ds.labels is None else float((pred == ds.labels).mean())
+
+    est = em.estimate(spikes.astype(np.float64).mean(axis=1), ann_macs=ann_macs(ann),
+                      e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
+    return EvalResult(
+        samples=len(ds), T=snn_T(snn),
+        ann=ModelStats(top1(a_pred), 1e3 * a_sec / len(ds)),
+        snn=ModelStats(top1(s_pred), 1e3 * s_sec / len(ds)),
+        agreement=float((a_pred == s_pred).mean()), sym_kl=kl.value, energy=est,
+        kernel=bool(use_kernel), batch_size=batch_size, threads=threads, notes=em.notes)

@@ -1,0 +1,82 @@
+"""Rich tables for the terminal. ``rich`` is imported when a table is built."""
+from __future__ import annotations
+
+from .results import EvalResult
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.2f} %"
+
+
+def _si(v: float, unit: str = "") -> str:
+    for scale, p in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {p}{unit}"
+    return f"{v:.3g} {unit}".rstrip()
+
+
+def _energy(pj: float | None) -> str:
+    if pj is None:
+        return "-"
+    for scale, unit in ((1e9, "mJ"), (1e6, "uJ"), (1e3, "nJ")):
+        if abs(pj) >= scale:
+            return f"{pj / scale:.4g} {unit}"
+    return f"{pj:.4g} pJ"
+
+
+def eval_tables(r: EvalResult):
+    """(summary table, per-layer table) of an EvalResult."""
+    from rich.table import Table
+
+    s = Table(title=f"ANN vs SNN, {r.samples} samples, T={r.T}", show_header=True)
+    s.add_column("")
+    s.add_column("ANN", justify="right")
+    s.add_column("SNN", justify="right")
+    s.add_row("top-1", _pct(r.ann.top1), _pct(r.snn.top1))
+    s.add_row("top-1 agreement", "", _pct(r.agreement))
+    s.add_row("mean symmetric KL", "", f"{r.sym_kl:.4g}")
+    e = r.energy
+    s.add_row("MACs / sample", _si(e.ann_macs or 0), _si(e.analog_macs) + " (analog)")
+    s.add_row("spikes / sample", "", _si(e.spikes))
+    s.add_row("SynOps / sample", "", _si(e.synops))
+    s.add_row("energy / sample", _energy(e.e_ann_pj), _energy(e.e_snn_pj))
+    s.add_row("energy ratio SNN/ANN", "", "-" if e.ratio is None else f"{e.ratio:.3f}")
+    s.add_row("ms / sample", f"{r.ann.ms_per_sample:.3f}", f"{r.snn.ms_per_sample:.3f}"
+              + ("" if r.kernel else " (fallback)"))
+
+    t = Table(title="per layer (per sample)", show_header=True)
+    for c in ("layer", "spikes", "fanout", "SynOps", "share"):
+        t.add_column(c, justify="left" if c == "layer" else "right")
+    for l in e.layers:
+        t.add_row(l.name, f"{l.spikes:.1f}", f"{l.fanout:.4g}", _si(l.synops),
+                  f"{100 * l.synops / e.synops:.1f} %" if e.synops else "-")
+    t.add_row("total", f"{e.spikes:.1f}", "", _si(e.synops), "")
+    return s, t
+
+
+def search_tables(steps, timings=None):
+    """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, then the time split."""
+    from rich.table import Table
+
+    out = []
+    for c, tb, base in steps:
+        E = tb.energy(c.energy_mode)
+        t = Table(title=f"{c.problem.upper()}: {c.kind} per layer (baseline S = {base:.4g})")
+        for col in ("layer", c.kind, f"-> {c.kind}", "S_i", "E_i", "E_i before"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for i, name in enumerate(tb.layers):
+            j, j0 = tb.column(c.choice[name]), tb.column(tb.defaults[i])
+            t.add_row(name, f"{tb.defaults[i]:g}", f"[bold]{c.choice[name]:g}[/]", f"{tb.S[i, j]:.3g}",
+                      f"{E[i, j]:.4g}", f"{E[i, j0]:.4g}")
+        unit = "spikes" if c.energy_mode == "spikes" else "SynOps"
+        t.caption = (f"sum E = {c.chosen[0]:.5g} {unit}/sample, sum S = {c.chosen[1]:.4g}; "
+                     f"budget {c.budget:.5g} = {c.budget_rule}; frontier {len(c.frontier)} points")
+        out.append(t)
+    if timings:
+        w = Table(title="time split (s)")
+        w.add_column("stage")
+        w.add_column("seconds", justify="right")
+        for k, v in timings.items():
+            w.add_row(k, f"{v:.1f}")
+        out.append(w)
+    return out

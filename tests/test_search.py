@@ -1,0 +1,207 @@
+"""Sensitivity tables and the BSR/SSC searches (ALGORITHM.md §6-§8) on the toy SNN."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnx2burst.cli import main
+from onnx2burst.errors import ConfigError
+from onnx2burst.tuning import search as S
+from onnx2burst.tuning.sensitivity import mean_symmetric_kl
+from snn_fixtures import ann_model, reference_run, sample_data, snn_model
+
+T, PSI = 4, 2
+PSIS = (1, 2, 3)
+TAUS = (1.0, 1.5, 3.0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ann, snn = ann_model(), snn_model(T=T, psi=PSI)
+    x = sample_data(48, seed=11)
+    m = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1)
+    vth = {t.name[4:]: numpy_helper.to_array(t) for t in snn.graph.initializer if t.name.startswith("vth_")}
+    a = ort.InferenceSession(ann.SerializeToString()).run(None, {"x": x})[0]
+    return ann, snn, x, m, vth, a
+
+
+@pytest.mark.parametrize("layer,kind,value", [("relu1", "psi", 1), ("relu2", "psi", 3), ("relu3", "psi", 1),
+                                              ("relu1", "tau", 3.0), ("relu2", "tau", 1.5), ("relu3", "tau", 3.0)])
+def test_matches_the_changed_snn(setup, layer, kind, value):
+    """S_i(k) and E_i(k) equal a full run of the SNN with only layer i changed."""
+    ann, snn, x, m, vth, a = setup
+    if kind == "psi":
+        v = dict(vth)
+        v[layer] = (vth[layer] * np.float32(PSI) / np.float32(value)).astype(np.float32)  # scaled_vth
+        changed = snn_model(T=T, psi=PSI, vth=v, psis={layer: value})
+    else:
+        changed = snn_model(T=T, psi=PSI, vth=vth, tau={layer: value})
+    logits, spikes = reference_run(changed, x)
+    table = m.psi if kind == "psi" else m.tau
+    i, j = table.layers.index(layer), table.column(value)
+    assert table.S[i, j] == pytest.approx(mean_symmetric_kl(a, logits), rel=1e-5, abs=1e-12)
+    assert table.spikes[i, j] == pytest.approx(spikes[layer].mean(), rel=1e-6)
+    assert table.synops[i, j] == pytest.approx(table.spikes[i, j] * table.fanout[i])
+
+
+def test_defaults_are_the_baseline(setup):
+    ann, snn, x, m, vth, a = setup
+    logits, spikes = reference_run(snn, x)
+    assert m.baseline_S == pytest.approx(mean_symmetric_kl(a, logits), rel=1e-6)
+    j = m.psi.column(PSI)
+    assert np.all(m.psi.S[:, j] == m.baseline_S)
+    assert list(m.psi.spikes[:, j]) == pytest.approx([spikes[k].mean() for k in ("relu1", "relu2", "relu3")])
+    assert np.all(m.tau.S[:, m.tau.column(1.0)] == m.baseline_S)
+    assert m.psi.defaults == (PSI,) * 3 and m.tau.defaults == (1.0,) * 3
+    assert m.samples == 48 and m.T == T
+    for k in ("prepare", "ann_logits", "thresholds", "baseline", "neurons", "tails", "total"):
+        assert m.timings[k] >= 0
+    # spikes grow with psi when thresholds shrink as psi/k, shrink with tau
+    assert np.all(np.diff(m.psi.spikes, axis=1) > 0) and np.all(np.diff(m.tau.spikes, axis=1) < 0)
+
+
+def _brute(cost, profit, budget):
+    best = None
+    for ks in itertools.product(range(cost.shape[1]), repeat=cost.shape[0]):
+        c = sum(cost[i, k] for i, k in enumerate(ks))
+        p = sum(profit[i, k] for i, k in enumerate(ks))
+        if c <= budget * (1 + 1e-9) and (best is None or p < best):
+            best = p
+    return best
+
+
+@pytest.mark.parametrize("energy", ["spikes", "synops"])
+def test_bsr_and_ssc_choices(setup, energy):
+    *_, m, _, _ = setup
+    b = S.choose_bsr(m.psi, energy=energy, ratio=0.8)
+    E = m.psi.energy(energy)
+    assert b.budget == pytest.approx(0.8 * E[:, m.psi.column(PSI)].sum())
+    assert set(b.choice) == set(m.psi.layers) and all(v in PSIS for v in b.choice.values())
+    idx = [m.psi.column(b.choice[n]) for n in m.psi.layers]
+    assert b.chosen[0] == pytest.approx(sum(E[i, j] for i, j in enumerate(idx)))
+    assert b.chosen[0] <= b.budget * (1 + 1e-9)
+    assert b.chosen[1] == pytest.approx(_brute(E, m.psi.S, b.budget))
+    assert b.uniform[PSI] == pytest.approx((E[:, 1].sum(), m.psi.S[:, 1].sum()))
+    s = S.choose_ssc(m.tau, r=1.5, energy=energy)
+    E = m.tau.energy(energy)
+    assert s.chosen[0] == pytest.approx(_brute(m.tau.S, E, s.budget))
+    assert s.chosen[1] <= s.budget * (1 + 1e-9)
+    assert all(a[0] <= b_[0] for a, b_ in zip(s.frontier, s.frontier[1:]))
+    json.dumps(b.to_dict()), json.dumps(s.to_dict()), json.dumps(m.to_dict())
+
+
+def test_search_functions_and_layers_subset(setup):
+    ann, snn, x, *_ = setup
+    choice, m = S.search_bsr(ann, snn, x, psi_max=3, samples=16, batch_size=16, threads=1,
+                             layers=["relu2", "relu3"])
+    assert m.tau is None and m.psi.layers == ("relu2", "relu3") and set(choice.choice) == {"relu2", "relu3"}
+    choice, m = S.search_ssc(ann, snn, x, taus=(1.0, 2.0), samples=16, threads=1)
+    assert m.psi is None and set(choice.choice.values()) <= {1.0, 2.0}
+
+
+def test_errors(setup):
+    ann, snn, x, m, *_ = setup
+    with pytest.raises(ConfigError, match="include 1.0"):
+        S.search_ssc(ann, snn, x, taus=(1.5, 2.0))
+    with pytest.raises(ConfigError, match="not among the candidates"):
+        S.choose_bsr(m.psi, psi_target=7)
+    with pytest.raises(ConfigError, match="unknown layer"):
+        S.measure(ann, snn, x, layers=["nope"], samples=4)
+    with pytest.raises(ConfigError, match="no BurstIF"):
+        S.measure(ann, ann, x, samples=4)
+    with pytest.raises(ConfigError, match="energy"):
+        S.choose_bsr(m.psi, energy="joules")
+    mixed = snn_model(T=T, psi=PSI, psis={"relu1": 3})
+    mm = S.measure(ann, mixed, x, psis=(1, 2, 3), taus=None, samples=8, threads=1)
+    with pytest.raises(ConfigError, match="psi-target"):
+        S.choose_bsr(mm.psi)
+    assert S.choose_bsr(mm.psi, psi_target=2).budget > 0
+
+
+def test_parse_grid():
+    assert S.parse_grid("1:10:0.5") == S.DEFAULT_TAUS and len(S.DEFAULT_TAUS) == 19
+    assert S.parse_grid("2, 1,1.5") == (1.0, 1.5, 2.0)
+    for bad in ("1:0:1", "a,b", "0,1", "1:2:0"):
+        with pytest.raises(ConfigError):
+            S.parse_grid(bad)
+
+
+def test_tune_with_the_converter(tmp_path):
+    """BSR then SSC through the converter's stages, as `convert --bsr --ssc` will run them."""
+    from onnx2burst.config import CalibrationConfig, ConvertConfig
+    from onnx2burst.convert import Converter
+
+    conv = Converter(ann_model(), ConvertConfig(T=T, psi=PSI, calibration=CalibrationConfig(samples=64, batch_size=32,
+                                                                                               threads=1)))
+    data = conv.load_data(sample_data(64, seed=5))
+    res = S.tune(conv, data, psi_max=3, taus=(1.0, 1.5, 2.0), samples=32)
+    names = conv.analysis.neuron_names
+    assert set(res.settings) == set(names) == set(res.bsr.choice) == set(res.ssc.choice)
+    assert all(res.settings[n] == (res.bsr.choice[n], res.ssc.choice[n]) for n in names)
+    assert res.measurements["bsr"].tau is None and res.measurements["ssc"].psi is None
+    # SSC measured the SNN that BSR produced: its defaults are BSR's choice
+    assert res.measurements["ssc"].tau.defaults == (1.0,) * len(names)
+    from onnx2burst.tuning.energy import burst_nodes
+
+    got = {n.name: next(a.i for a in n.attribute if a.name == "psi") for n in burst_nodes(res.model)}
+    assert got == {n: res.bsr.choice[n] for n in names}
+    # thresholds in the file: the §4 fit for the chosen settings
+    fit = conv.fit_thresholds(data, None, res.settings)
+    inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    for n in burst_nodes(res.model):
+        np.testing.assert_array_equal(inits[n.input[1]], fit[n.name])
+    # BSR alone reuses the thresholds fitted for the table: they must be the same fit
+    bsr_only = S.tune(conv, data, ssc=False, psi_max=3, samples=32)
+    assert bsr_only.ssc is None and bsr_only.bsr.choice == res.bsr.choice
+    fit = conv.fit_thresholds(data, None, bsr_only.settings)
+    inits = {t.name: numpy_helper.to_array(t) for t in bsr_only.model.graph.initializer}
+    for n in burst_nodes(bsr_only.model):
+        np.testing.assert_array_equal(inits[n.input[1]], fit[n.name])
+    meta = {p.key: p.value for p in res.model.metadata_props}
+    assert json.loads(meta["onnx2burst.search"])["settings"][names[0]]["psi"] == res.bsr.choice[names[0]]
+    for k in ("bsr thresholds", "bsr measure", "bsr rebuild", "ssc measure", "ssc rebuild", "total"):
+        assert res.timings[k] >= 0
+    json.dumps(res.to_dict())
+
+
+def test_cli(tmp_path):
+    import onnx
+
+    onnx.save(ann_model(), tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(48, seed=2))
+    out = tmp_path / "report"
+    args = ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "--out", str(out),
+            "--T", "4", "--psi", "2", "--samples", "16", "--psi-max", "3", "--taus", "1:2:0.5",
+            "--threads", "1", "-q"]
+    res = CliRunner().invoke(main, args + ["-o", str(tmp_path / "tuned.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "BSR" in res.output and "SSC" in res.output and "time split" in res.output
+    doc = json.loads((out / "search.json").read_text())
+    assert set(doc["choices"]) == {"bsr", "ssc"} and doc["T"] == 4
+    assert len(doc["measurements"]["bsr"]["psi"]["S"]) == 3
+    assert doc["measurements"]["ssc"]["tau"]["candidates"] == [1.0, 1.5, 2.0]
+    assert (out / "sensitivity.png").stat().st_size > 0 and (out / "frontier.png").stat().st_size > 0
+    assert (tmp_path / "tuned.onnx").is_file()
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--taus", "1.5,2"])
+    assert res.exit_code != 0 and "1.0" in res.output
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--no-ssc"])
+    assert res.exit_code != 0 and "nothing to do" in res.output
+    res = CliRunner().invoke(main, args + ["--no-ssc", "--json", "--energy", "synops"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["choices"]["bsr"]["energy"] == "synops" and "ssc" not in d["choices"]
+
+
+def test_fallback_function_gives_the_same_tables(setup):
+    """Without the C++ kernel the tails and cells run the standard-op function: same numbers."""
+    ann, snn, x, m, *_ = setup
+    fb = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, kernel=False)
+    np.testing.assert_allclose(fb.psi.S, m.psi.S, rtol=1e-5, atol=1e-12)
+    np.testing.assert_array_equal(fb.psi.spikes, m.psi.spikes)
+    np.testing.assert_array_equal(fb.tau.spikes, m.tau.spikes)
