@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup install test test-fast test-asan demo data bench clean
+.PHONY: all setup install test test-asan demo data bench clean
 
 all: test
 
@@ -37,6 +37,14 @@ test-asan: $(BIN)/python
 
 data:
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+
+# Convert the bundled ResNet-20 (T=8, psi=4) and print the ANN-vs-SNN table (trains nothing).
+demo: setup
+	@mkdir -p out
+	$(BIN)/onnx2burst convert models/zoo/resnet20_fmnist.onnx --T 8 --psi 4 \
+	    --calib models/data/fmnist_calib.npz -o out/resnet20_fmnist.snn.onnx
+	$(BIN)/onnx2burst eval models/zoo/resnet20_fmnist.onnx out/resnet20_fmnist.snn.onnx \
+	    --data models/data/fmnist_test.npz
 
 bench: setup
 	$(BIN)/python benchmarks/kernel.py

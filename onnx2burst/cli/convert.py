@@ -21,8 +21,22 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Convert even when ops between neurons (Sigmoid, LRN, ...) cannot be converted exactly.")
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUTPUT.data (automatic above 2 GB).")
+@click.option("--bsr", is_flag=True, help="Burst Spike Reallocation: per-layer psi under the energy of uniform --psi (§8).")
+@click.option("--psi-max", type=click.IntRange(1, 64), default=8, show_default=True, help="Largest psi --bsr may choose.")
+@click.option("--energy-ratio", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="--bsr energy budget as a multiple of uniform --psi's.")
+@click.option("--ssc", is_flag=True, help="Sensitivity Spike Compression: per-layer tau under r x the sensitivity at tau=1 (§8).")
+@click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="--ssc sensitivity budget ratio.")
+@click.option("--tau-grid", default="1:10:0.5", show_default=True, help="--ssc tau candidates, start:stop:step.")
+@click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
+              help="Energy measure of the search.")
+@click.option("--search-samples", type=click.IntRange(1), default=256, show_default=True,
+              help="Calibration samples that measure sensitivities.")
+@click.option("--portable", is_flag=True, help="Inline BurstIF into standard ops (no custom domain in the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, quiet, **kw):
+def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, bsr, psi_max,
+            energy_ratio, ssc, r, tau_grid, energy, search_samples, portable, quiet, **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
     Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
@@ -34,6 +48,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
     Example:
       onnx2burst convert models/zoo/vgg_fmnist.onnx --T 8 --psi 4 \\
           --calib models/data/fmnist_calib.npz -o vgg.snn.onnx
+      onnx2burst convert models/zoo/resnet20_fmnist.onnx --T 8 --psi 4 \\
+          --calib models/data/fmnist_calib.npz --bsr --ssc
     """
     import time
 
@@ -54,11 +70,29 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         with progress.stage("analyse", 1) as st:
             conv = Converter(model, cfg)
             st.advance()
-        result = conv.run(source, progress)
+        if bsr or ssc:
+            from onnx2burst.tuning import search as S
+
+            data = conv.load_data(source)
+            result = conv.run(data, progress)
+            tuned = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=result.model, psi_max=psi_max, ratio=energy_ratio,
+                           taus=S.parse_grid(tau_grid), r=r, energy=energy, samples=search_samples,
+                           progress=progress, show_progress=not quiet)
+            final = tuned.model
+        else:
+            result = conv.run(source, progress)
+            final = result.model
+        if portable:
+            from onnx2burst.interop.portable import make_portable
+
+            final = make_portable(final)
         with progress.stage("write", 1) as st:
-            save_model(result.model, out, source=model, external_data=True if external_data else None)
+            save_model(final, out, source=model, external_data=True if external_data else None)
             st.advance()
         _summary(result, out, time.perf_counter() - t0)
+        if bsr or ssc:
+            chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
+            click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
 
 
 def _progress(quiet: bool):
