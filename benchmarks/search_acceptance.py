@@ -1,0 +1,68 @@
+"""BSR / SSC acceptance (issue: search), a table like the paper's Table V.
+
+For each model and T: uniform psi=4 (BS), + BSR (ratio 1.0), + SSC (r = 1.0), + both; top-1 on
+the test set and total spikes per sample relative to BS. Writes benchmarks/results/search.md.
+
+    python benchmarks/search_acceptance.py [--models resnet20_fmnist,vgg_fmnist] [--Ts 8,4]
+        [--limit 10000] [--search-samples 256]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet20_fmnist,vgg_fmnist")
+    ap.add_argument("--Ts", default="8,4")
+    ap.add_argument("--limit", type=int, default=10000)
+    ap.add_argument("--search-samples", type=int, default=256)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
+    args = ap.parse_args(argv)
+
+    from models.data import load_fmnist_test_npz
+    from onnx2burst.config import ConvertConfig
+    from onnx2burst.convert import Converter
+    from onnx2burst.report.evaluate import evaluate
+    from onnx2burst.tuning import search as S
+
+    x, labels = load_fmnist_test_npz("full")
+    x, labels = x[: args.limit], labels[: args.limit]
+    calib = ROOT / "models" / "data" / "fmnist_calib.npz"
+    lines = ["| model | T | config | top-1 | vs BS (points) | spikes/sample | spikes vs BS | search s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name in args.models.split(","):
+        ann = ROOT / "models" / "zoo" / f"{name}.onnx"
+        for T in (int(t) for t in args.Ts.split(",")):
+            conv = Converter(ann, ConvertConfig(T=T, psi=4))
+            data = conv.load_data(calib)
+            bs = conv.run(data).model
+            rows = {"BS": (bs, 0.0)}
+            for label, bsr, ssc in (("+BSR", True, False), ("+SSC", False, True), ("+BSR+SSC", True, True)):
+                t0 = time.perf_counter()
+                res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=bs, samples=args.search_samples)
+                rows[label] = (res.model, time.perf_counter() - t0)
+            base = None
+            for label, (snn, secs) in rows.items():
+                r = evaluate(str(ann), snn, (x, labels))
+                top1, spikes = r.snn.top1 * 100, r.energy.spikes
+                base = base or (top1, spikes)
+                line = (f"| {name} | {T} | {label} | {top1:.2f} | {top1 - base[0]:+.2f} | {spikes:,.0f} | "
+                        f"{spikes / base[1]:.3f} | {secs:.0f} |")
+                print(line, f"(ANN {r.ann.top1 * 100:.2f})", flush=True)
+                lines.append(line)
+    text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
+            f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
+            "BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau 1:10:0.5.\n\n" + "\n".join(lines) + "\n")
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
