@@ -75,3 +75,14 @@ def load_dataset(data, input_name: str | None = None) -> Dataset:
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"{path}: {x.shape[0]} inputs but {y.shape[0]} labels")
     return Dataset(x, y, path)
+
+
+def data_input(model) -> str:
+    """The name of the model's one data input (graph inputs that are not initializers)."""
+    from ..errors import ConfigError
+
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise ConfigError(f"expected one data input, the model has {names}")
+    return names[0]

@@ -10,7 +10,7 @@ import onnx
 from .. import ops
 from ..tuning.energy import ann_macs, energy_model, with_spike_outputs
 from ..tuning.sensitivity import KLMeter
-from .data import load_dataset
+from .data import data_input, load_dataset
 from .progress import progress_bar
 from .results import EvalResult, ModelStats
 
@@ -26,13 +26,6 @@ def load_onnx(model) -> onnx.ModelProto:
     return load_model(model)
 
 
-def data_input(model: onnx.ModelProto) -> str:
-    """The name of the model's one data input (graph inputs that are not initializers)."""
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if len(names) != 1:
-        raise ValueError(f"expected one data input, the model has {names}")
-    return names[0]
 
 
 def snn_T(snn: onnx.ModelProto) -> int:

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from .energy import energy_model, layer_name
 from .pareto import pareto_select
 from .sensitivity import symmetric_kl
+from ..report.data import data_input
 
 __all__ = [
     "DEFAULT_PSI_MAX", "DEFAULT_TAUS", "parse_grid", "VthProvider", "scaled_vth", "Table",
@@ -236,7 +237,7 @@ class _SearchGraphs:
         self.threads, self.kernel = threads, kernel
         self.neurons = _neurons(snn)
         g = snn.graph
-        self.input = _data_input(snn)
+        self.input = data_input(snn)
         self.logits = g.output[0].name
         missing = [nr.name for nr in self.neurons if not nr.spikes]
         if missing:
@@ -312,12 +313,6 @@ class _SearchGraphs:
         return s
 
 
-def _data_input(model: onnx.ModelProto) -> str:
-    inits = {t.name for t in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if len(names) != 1:
-        raise ConfigError(f"expected one data input, the model has {names}")
-    return names[0]
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -340,7 +335,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ann, snn = load_onnx(ann), load_onnx(snn)
-    ds = load_dataset(data, _data_input(ann)).limit(samples)
+    ds = load_dataset(data, data_input(ann)).limit(samples)
     if not len(ds):
         raise ConfigError("no samples to measure sensitivity on")
     if batch_size < 1:
@@ -367,7 +362,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     # ANN reference logits, once
     t = time.perf_counter()
     a_sess = ops.make_session(ann, kernel=False, threads=threads)
-    a_in, a_out = _data_input(ann), ann.graph.output[0].name
+    a_in, a_out = data_input(ann), ann.graph.output[0].name
     ann_logits = [a_sess.run([a_out], {a_in: x})[0] for x, _ in ds.batches(batch_size)]
     del a_sess
     timings["ann_logits"] = time.perf_counter() - t
