@@ -14,6 +14,7 @@ COMMANDS = {
     "portable": "onnx2burst.cli.portable:portable",
     "eval": "onnx2burst.cli.eval:command",
     "search": "onnx2burst.cli.search:command",
+    "export-torch": "onnx2burst.cli.export_torch:export_torch",
 }
 
 
