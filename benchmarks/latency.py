@@ -1,7 +1,9 @@
 """Latency of the ANN and its SNN in onnxruntime (issue: model zoo and benchmarks).
 
 ms per sample of the ANN and of the SNN (T=8, psi=4) at 1 and 2 intra-op threads, the SNN
-with the C++ kernel and with the standard-op fallback, and the ratio SNN / (T x ANN): a
+with the C++ kernel -- in onnxruntime's blocked NCHWc layout (``make_session``'s default,
+onnx2burst.ops.layout) and in plain NCHW with a layout reorder around every neuron -- and
+with the standard-op fallback, and the ratio SNN / (T x ANN): a
 dense runtime cannot do much better than 1.0, since the SNN runs every layer T times.
 Medians of interleaved repeats. Writes benchmarks/results/latency.md.
 
@@ -37,8 +39,9 @@ def main(argv=None):
 
     calib = ROOT / "models" / "data" / "fmnist_calib.npz"
     x = np.load(calib, allow_pickle=False)["input"][: args.batch]
-    lines = ["| model | threads | ANN ms/sample | SNN kernel ms/sample | SNN fallback ms/sample | "
-             "kernel SNN / (T x ANN) | fallback SNN / (T x ANN) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | threads | ANN ms/sample | SNN kernel ms/sample | kernel, plain layout | SNN fallback ms/sample | "
+             "kernel SNN / (T x ANN) | plain layout / (T x ANN) | fallback SNN / (T x ANN) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.models.split(","):
         ann = load_model(ROOT / "models" / "zoo" / f"{name}.onnx")
         snn = onnx2burst.convert(ann, str(calib), T=args.T, psi=4, samples=128)
@@ -46,6 +49,7 @@ def main(argv=None):
         for threads in (1, 2):
             sess = {"ann": ops.make_session(ann, kernel=False, threads=threads),
                     "kernel": ops.make_session(snn, kernel=True, threads=threads),
+                    "plain": ops.make_session(snn, kernel=True, threads=threads, layout="plain"),
                     "fallback": ops.make_session(snn, kernel=False, threads=threads)}
             times = {k: [] for k in sess}
             for s in sess.values():
@@ -56,8 +60,9 @@ def main(argv=None):
                     s.run(None, {inp: x})
                     times[k].append((time.perf_counter() - t0) * 1e3 / len(x))
             m = {k: statistics.median(v) for k, v in times.items()}
-            line = (f"| {name} | {threads} | {m['ann']:.3f} | {m['kernel']:.3f} | {m['fallback']:.3f} | "
-                    f"{m['kernel'] / (args.T * m['ann']):.2f} | {m['fallback'] / (args.T * m['ann']):.2f} |")
+            r = {k: v / (args.T * m["ann"]) for k, v in m.items()}
+            line = (f"| {name} | {threads} | {m['ann']:.3f} | {m['kernel']:.3f} | {m['plain']:.3f} | {m['fallback']:.3f} | "
+                    f"**{r['kernel']:.2f}** | {r['plain']:.2f} | {r['fallback']:.2f} |")
             print(line, flush=True)
             lines.append(line)
     text = (f"# Latency, ANN vs SNN (T={args.T}, psi=4)\n\nCommand: `python benchmarks/latency.py`; batch "

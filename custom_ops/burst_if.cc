@@ -42,6 +42,7 @@ struct Job {
   const float* offset;  // theta / (2T)
   const float* psi_c;   // psi per channel, 0 where theta <= 0 (the channel never fires)
   int64_t T, N, C, K, P, M, tiles_per_sample;
+  int64_t B;  // channel block of the NCHWc layout, 1 for plain NCHW
 };
 
 // One timestep over contiguous neurons with per-neuron theta (Gemm-like layers, K small).
@@ -90,7 +91,20 @@ void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* t
   std::fill(u, u + len, 0.f);
   int64_t total = 0;
   const int64_t c0 = (p0 / j.K) % j.C, k0 = p0 % j.K;  // channel and position of neuron p0
-  if (j.K >= 16) {
+  if (j.B > 1) {  // blocked NCHWc: channel = (p / (K*B)) * B + p % B
+    const int64_t kb = j.K * j.B;
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t p = p0 + i;
+      const int64_t c = (p / kb) * j.B + p % j.B;
+      th[i] = j.theta[c];
+      off[i] = j.offset[c];
+      psi_n[i] = j.psi_c[c];
+    }
+    for (int64_t t = 0; t < j.T; ++t) {
+      const int64_t base = t * j.M + n * j.P + p0;
+      total += StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, len);
+    }
+  } else if (j.K >= 16) {
     for (int64_t t = 0; t < j.T; ++t) {
       const int64_t base = t * j.M + n * j.P + p0;
       int64_t c = c0, i = 0, run = j.K - k0;
@@ -162,7 +176,14 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
     return Fail(name, "attribute psi must be <= " + std::to_string(kMaxPsi) + ", got " + std::to_string(psi));
   if (!(tau > 0.f) || !std::isfinite(tau))
     return Fail(name, "attribute tau must be a finite number > 0, got " + std::to_string(tau));
-  *op_kernel = new BurstIFKernel(T, psi, tau, name);
+  int64_t block = 1;
+  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "channel_block", &block)) {
+    api.ReleaseStatus(st);  // absent: plain NCHW
+    block = 1;
+  }
+  if (block < 1 || block > 64)
+    return Fail(name, "attribute channel_block must be in 1..64, got " + std::to_string(block));
+  *op_kernel = new BurstIFKernel(T, psi, tau, block, name);
   return nullptr;
 }
 
@@ -190,6 +211,9 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     if (nv != 1 && nv != C)
       return Fail(name_, "vth has " + std::to_string(nv) + " values; X " + ShapeStr(shape) +
                              " has C=" + std::to_string(C) + " channels (need 1 or C)");
+    if (block_ > 1 && C % block_ != 0)
+      return Fail(name_, "X " + ShapeStr(shape) + " has C=" + std::to_string(C) +
+                             " channels, not a multiple of channel_block=" + std::to_string(block_));
     int64_t K = 1;
     for (size_t i = 2; i < shape.size(); ++i) K *= shape[i];
     const int64_t N = shape[0] / T_;
@@ -225,6 +249,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.K = K;
     job.P = C * K;
     job.M = N * job.P;
+    job.B = block_;
     job.tiles_per_sample = (job.P + kTile - 1) / kTile;
     std::vector<int64_t> partial;
     if (spikes) {

@@ -1,6 +1,10 @@
 // BurstIF: burst integrate-and-fire over a time-folded batch (ALGORITHM.md §2).
 // Domain "onnx2burst", version 1. Inputs X [T*N, C, ...] float32, vth [C] or [1] float32.
 // Attributes T >= 1, psi >= 1, tau > 0 (default 1). Outputs Y (like X), optional spikes [N].
+// Optional attribute channel_block b >= 1 (default 1): X holds onnxruntime's blocked NCHWc
+// layout, channel c of position k at ((c / b) * K + k) * b + c % b within a sample. Files
+// never carry it: make_session(layout="nchwc") sets it in onnxruntime's optimized CPU graph so
+// that no layout reorder runs around each neuron.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -16,14 +20,15 @@ inline constexpr const char* kDomain = "onnx2burst";
 inline constexpr const char* kOpType = "BurstIF";
 
 struct BurstIFKernel {
-  BurstIFKernel(int64_t T, int64_t psi, float tau, std::string name)
-      : T_(T), psi_(psi), tau_(tau), name_(std::move(name)) {}
+  BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, std::string name)
+      : T_(T), psi_(psi), tau_(tau), block_(block), name_(std::move(name)) {}
   // Checks every shape and type before touching memory; errors come back as OrtStatus.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
   int64_t T_, psi_;
   float tau_;
+  int64_t block_;
   std::string name_;
 };
 

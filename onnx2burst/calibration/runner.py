@@ -19,7 +19,7 @@ class Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, *, threads: int | None = None, kernel: bool | None = None):
-        self.session = ops.make_session(model, kernel=kernel, threads=threads)
+        self.session = ops.make_session(model, kernel=kernel, threads=threads, layout="plain")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -23,7 +23,7 @@ def _kernel_smoke() -> str:
                           [vi("Y", TensorProto.FLOAT, [8, 3]), vi("S", TensorProto.FLOAT, [2])])
     m = ops.attach_function(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     onnx.checker.check_model(m)
-    y, s = ops.make_session(m, kernel=True).run(None, {"X": x, "vth": vth})
+    y, s = ops.make_session(m, kernel=True, layout="plain").run(None, {"X": x, "vth": vth})
     ry, rs = ops.burst_if(x, vth, 4, 2)
     return "matches the reference" if np.array_equal(y, ry) and np.array_equal(s, rs) else "DIFFERS from the reference"
 

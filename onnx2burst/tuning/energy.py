@@ -332,7 +332,7 @@ def _probe_shapes(model: onnx.ModelProto, names: Iterable[str]) -> dict[str, tup
         dims = [d.dim_value if d.HasField("dim_value") else 1 for d in i.type.tensor_type.shape.dim]
         dt = helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
         feeds[i.name] = np.zeros(dims, dt)
-    sess = make_session(m, threads=1)
+    sess = make_session(m, threads=1, layout="plain")
     names = list(names)
     outs = sess.run(names, feeds)
     return {n: tuple(o.shape) for n, o in zip(names, outs)}
