@@ -23,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--Ts", default="8,4")
     ap.add_argument("--limit", type=int, default=10000)
     ap.add_argument("--search-samples", type=int, default=256)
+    ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
 
@@ -45,6 +46,8 @@ def main(argv=None):
             bs = conv.run(data).model
             rows = {"BS": (bs, 0.0)}
             for label, bsr, ssc in (("+BSR", True, False), ("+SSC", False, True), ("+BSR+SSC", True, True)):
+                if label not in args.configs.split(","):
+                    continue
                 t0 = time.perf_counter()
                 res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=bs, samples=args.search_samples)
                 rows[label] = (res.model, time.perf_counter() - t0)

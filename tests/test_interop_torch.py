@@ -109,3 +109,19 @@ def test_cuda(residual_snn):
     with torch.no_grad():
         y = mod(torch.from_numpy(x).cuda()).cpu().numpy()
     _check_close(y, ref)
+
+
+def test_anytime_output_from_torch_and_onnxruntime():
+    """README's any-time use: per-timestep outputs [T, N, K] whose running mean ends at the output."""
+    model = fixtures_models.residual()
+    snn = onnx2burst.convert(model, fixtures_models.inputs(model, 40), T=4, psi=2, samples=32,
+                             per_timestep_output=True)
+    x = fixtures_models.inputs(model, 8, seed=3)
+    name = snn.graph.input[0].name
+    mean, per_t = ops.make_session(snn).run(None, {name: x})
+    assert per_t.shape == (4,) + mean.shape
+    running = np.cumsum(per_t, axis=0) / np.arange(1, 5, dtype=np.float32)[:, None, None]
+    np.testing.assert_allclose(running[-1], mean, rtol=1e-5, atol=1e-6)
+    t_mean, t_per = otorch.load(snn)(torch.from_numpy(x))
+    np.testing.assert_allclose(t_per.numpy(), per_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(t_mean.numpy(), mean, rtol=1e-5, atol=1e-6)

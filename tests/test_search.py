@@ -25,7 +25,7 @@ TAUS = (1.0, 1.5, 3.0)
 def setup():
     ann, snn = ann_model(), snn_model(T=T, psi=PSI)
     x = sample_data(48, seed=11)
-    m = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1)
+    m = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, mean_correct=False)
     vth = {t.name[4:]: numpy_helper.to_array(t) for t in snn.graph.initializer if t.name.startswith("vth_")}
     a = ort.InferenceSession(ann.SerializeToString()).run(None, {"x": x})[0]
     return ann, snn, x, m, vth, a
@@ -188,6 +188,21 @@ def test_cli(tmp_path):
     assert doc["measurements"]["ssc"]["tau"]["candidates"] == [1.0, 1.5, 2.0]
     assert (out / "sensitivity.png").stat().st_size > 0 and (out / "frontier.png").stat().st_size > 0
     assert (tmp_path / "tuned.onnx").is_file()
+    # the r sweep: every budget rebuilt and evaluated (no labels in calib.npz: agreement only)
+    sw = doc["r_sweep"]
+    assert [p["r"] for p in sw["points"]] == [0.5, 1.0, 2.0, 4.0] and sw["before_ssc"]["r"] == 0.0
+    assert all(p["top1"] is None and 0 <= p["agreement"] <= 1 and p["spikes"] > 0 for p in sw["points"])
+    assert "r sweep" in res.output and (out / "r_sweep.png").stat().st_size > 0
+    y = np.argmax(ort.InferenceSession(ann_model().SerializeToString()).run(None, {"x": sample_data(24, seed=5)})[0], 1)
+    np.savez(tmp_path / "test.npz", x=sample_data(24, seed=5), labels=y)
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "1,3", "--eval-data", str(tmp_path / "test.npz")])
+    assert res.exit_code == 0, res.output
+    pts = json.loads((out / "search.json").read_text())["r_sweep"]["points"]
+    assert [p["r"] for p in pts] == [1.0, 3.0] and all(p["top1"] == pytest.approx(p["agreement"]) for p in pts)
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "0,1"])
+    assert res.exit_code != 0 and "--r-sweep" in res.output
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", ""])
+    assert res.exit_code == 0 and json.loads((out / "search.json").read_text())["r_sweep"] is None
     res = CliRunner().invoke(main, args + ["--no-bsr", "--taus", "1.5,2"])
     assert res.exit_code != 0 and "1.0" in res.output
     res = CliRunner().invoke(main, args + ["--no-bsr", "--no-ssc"])
@@ -201,7 +216,40 @@ def test_cli(tmp_path):
 def test_fallback_function_gives_the_same_tables(setup):
     """Without the C++ kernel the tails and cells run the standard-op function: same numbers."""
     ann, snn, x, m, *_ = setup
-    fb = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, kernel=False)
+    fb = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, kernel=False, mean_correct=False)
     np.testing.assert_allclose(fb.psi.S, m.psi.S, rtol=1e-5, atol=1e-12)
     np.testing.assert_array_equal(fb.psi.spikes, m.psi.spikes)
     np.testing.assert_array_equal(fb.tau.spikes, m.tau.spikes)
+
+
+def test_mean_correction_moves_each_channel_mean_to_the_baseline():
+    """The §5-anticipating shift of measure(mean_correct=True): per channel (axis 1), the
+    changed output gets the baseline's mean over every other axis; nothing else changes."""
+    rng = np.random.default_rng(0)
+    for shape in [(12, 3, 4, 5), (10, 7)]:
+        y = rng.normal(size=shape).astype(np.float32)
+        base = (rng.normal(size=shape) + 2).astype(np.float32)
+        c = S._mean_corrected(y, base)
+        axes = tuple(a for a in range(len(shape)) if a != 1)
+        assert c.dtype == np.float32 and c.shape == y.shape
+        np.testing.assert_allclose(c.mean(axis=axes), base.mean(axis=axes), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(c - y, (c - y).mean(axis=axes, keepdims=True) + 0 * y, atol=1e-5)
+
+
+def test_mean_correction_changes_only_changed_layers(setup):
+    ann, snn, x, m, *_ = setup
+    mc = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, mean_correct=True)
+    assert mc.baseline_S == pytest.approx(m.baseline_S)
+    np.testing.assert_array_equal(mc.psi.spikes, m.psi.spikes)   # spikes are the layer's own
+    assert not np.allclose(mc.tau.S, m.tau.S)                     # the tails saw shifted outputs
+
+
+def test_ssc_reference_sensitivity_sets_the_budget(setup):
+    *_, m, _, _ = setup
+    L = len(m.tau.layers)
+    own = float(m.tau.S[:, m.tau.column(1.0)].sum())
+    c = S.choose_ssc(m.tau, r=1.0, reference_S=10 * m.baseline_S)
+    assert c.budget == pytest.approx(L * 10 * m.baseline_S)
+    low = S.choose_ssc(m.tau, r=1.0, reference_S=m.baseline_S / 100)   # never tighter than the paper's
+    assert low.budget == pytest.approx(own)
+    assert c.chosen[0] <= low.chosen[0]                               # a looser budget: no more energy

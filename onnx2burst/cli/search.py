@@ -34,10 +34,14 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Calibration samples the sensitivities are measured on.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tuned SNN (chosen psi/tau, recalibrated) here.")
+@click.option("--r-sweep", "r_sweep", default="0.5,1,2,4", show_default=True,
+              help="SSC budgets to rebuild and evaluate (top-1 against spikes: table, r_sweep.png); '' skips.")
+@click.option("--eval-data", type=click.Path(exists=True, path_type=Path),
+              help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus, r, energy, samples,
-            output, as_json, quiet, **kw):
+            output, r_sweep, eval_data, as_json, quiet, **kw):
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
 
     For every neuron layer i and candidate k, S_i(k) is the symmetric KL between the ANN
@@ -47,8 +51,10 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus
     tau=1. Thresholds are refit and biases recalibrated after each (ALGORITHM.md §8).
 
     Writes OUT/sensitivity.png (S against psi and tau per layer), OUT/frontier.png (the
-    energy/sensitivity frontier, uniform configurations and the choice) and
-    OUT/search.json (every S_i(k), E_i(k), SynOps, the frontiers and the choices).
+    energy/sensitivity frontier, uniform configurations and the choice),
+    OUT/r_sweep.png (SSC at each --r-sweep budget, rebuilt and evaluated: top-1 against
+    spikes, to pick the trade-off) and OUT/search.json (every S_i(k), E_i(k), SynOps, the
+    frontiers, the choices and the sweep).
 
     \b
     Example:
@@ -60,11 +66,17 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus
     with cli_errors():
         from onnx2burst.config import ConvertConfig
         from onnx2burst.convert import Converter
-        from onnx2burst.io import load_model, save_model
+        from onnx2burst.io import load_model, save_model, write_file
         from onnx2burst.report.plots import plot_frontier, plot_sensitivity
         from onnx2burst.tuning import search as S
 
         grid = S.parse_grid(taus)
+        try:
+            rs = [float(v) for v in r_sweep.split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{r_sweep!r}: a comma list of numbers > 0", param_hint="--r-sweep") from None
+        if any(not v > 0 for v in rs):
+            raise click.BadParameter(f"{r_sweep!r}: every r must be > 0", param_hint="--r-sweep")
         snn_cfg = build_snn(kw)
         source, calib = build_calibration(kw)
         conv = Converter(model, ConvertConfig(**snn_cfg, calibration=calib))
@@ -74,10 +86,18 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus
         res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
                      ratio=ratio, taus=grid, r=r, energy=energy, samples=samples, progress=progress,
                      show_progress=not (quiet or as_json))
+        sweep = None
+        if ssc and rs:
+            before, points = S.sweep_r(conv, data, res, rs, eval_data or source, energy=energy,
+                                       threads=conv.config.calibration.threads, progress=progress)
+            sweep = (before, points)
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"model": os.fspath(model), "snn": None if snn_path is None else os.fspath(snn_path),
-               "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": energy, **res.to_dict()}
-        (out_dir / "search.json").write_text(json.dumps(doc, indent=1))
+               "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": energy, **res.to_dict(),
+               "r_sweep": None if sweep is None else {"before_ssc": sweep[0].to_dict(),
+                                                      "points": [p.to_dict() for p in sweep[1]],
+                                                      "data": str(eval_data or source)}}
+        write_file(out_dir / "search.json", json.dumps(doc, indent=1).encode())
         steps = [(c, m.psi if c.kind == "psi" else m.tau, m.baseline_S)
                  for c, m in ((res.bsr, res.measurements.get("bsr")), (res.ssc, res.measurements.get("ssc")))
                  if c is not None]
@@ -85,6 +105,11 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus
         plot_sensitivity([tb for _, tb, _ in steps], out_dir / "sensitivity.png",
                          title=f"{model.name}: {m0.samples} samples, T={m0.T}")
         plot_frontier([c for c, _, _ in steps], out_dir / "frontier.png")
+        if sweep is not None:
+            from onnx2burst.report.plots import plot_r_sweep
+
+            plot_r_sweep(sweep[1], out_dir / "r_sweep.png", baseline=sweep[0],
+                         title=f"{model.name}: SSC budget r, T={m0.T}")
         if output:
             save_model(res.model, output, source=model)
     if as_json:
@@ -97,10 +122,15 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, taus
     con = Console()
     for t in search_tables(steps, res.timings):
         con.print(t)
+    if sweep is not None:
+        from onnx2burst.report.tables import sweep_table
+
+        con.print(sweep_table(sweep[1], sweep[0]))
     notes = sorted({n for m in res.measurements.values() for n in m.notes})
     for n in notes:
         con.print(f"[yellow]note:[/] {n}")
-    con.print(f"wrote {out_dir}/search.json, sensitivity.png, frontier.png" + (f"; SNN {output}" if output else ""))
+    con.print(f"wrote {out_dir}/search.json, sensitivity.png, frontier.png"
+              + (", r_sweep.png" if sweep is not None else "") + (f"; SNN {output}" if output else ""))
 
 
 def _progress(quiet: bool):

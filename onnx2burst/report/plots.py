@@ -20,6 +20,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path) -> None:
+    """``fig`` written like every output (``io.write_file``: atomic, a symlink at ``path`` replaced)."""
+    from io import BytesIO
+
+    from ..io import write_file
+
+    buf = BytesIO()
+    fig.savefig(buf, dpi=120, format=os.path.splitext(os.fspath(path))[1][1:] or "png")
+    write_file(path, buf.getvalue())
+
+
 def _positive_floor(values):
     pos = [v for row in values for v in row if v > 0]
     return min(pos) / 2 if pos else 1e-12
@@ -70,7 +81,7 @@ def plot_sensitivity(tables: Sequence, path: str | os.PathLike, title: str = "")
                title_fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
     return os.fspath(path)
 
@@ -111,6 +122,33 @@ def plot_frontier(choices: Sequence, path: str | os.PathLike) -> str:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def plot_r_sweep(points: Sequence, path: str | os.PathLike, baseline=None, title: str = "") -> str:
+    """SSC's r sweep: top-1 (or agreement with the ANN without labels) against spikes per
+    sample, one point per r, the SNN SSC started from as a reference; returns the path."""
+    plt = _pyplot()
+    if not points:
+        raise ValueError("no r sweep to plot")
+    labelled = all(p.top1 is not None for p in points)
+    acc = [(p.top1 if labelled else p.agreement) * 100 for p in points]
+    spk = [p.spikes for p in points]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.plot(spk, acc, "o-", color="tab:blue", label="SSC at budget r")
+    for p, x, y in zip(points, spk, acc):
+        ax.annotate(f"r={p.r:g}", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if baseline is not None:
+        b_acc = (baseline.top1 if labelled else baseline.agreement) * 100
+        ax.plot([baseline.spikes], [b_acc], "s", color="tab:gray", ms=7, label="before SSC (tau = 1)")
+    ax.set_xlabel("spikes / sample")
+    ax.set_ylabel("top-1 (%)" if labelled else "agreement with the ANN (%)")
+    ax.set_title(title or "SSC: accuracy against spikes, per budget r")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
     plt.close(fig)
     return os.fspath(path)

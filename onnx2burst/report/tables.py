@@ -80,3 +80,19 @@ def search_tables(steps, timings=None):
             w.add_row(k, f"{v:.1f}")
         out.append(w)
     return out
+
+
+def sweep_table(points, baseline=None):
+    """SSC's r sweep as a rich table: r, top-1, agreement, spikes and energy per sample."""
+    from rich.table import Table
+
+    t = Table(title="SSC r sweep (biases recalibrated at each r)")
+    for col in ("r", "top-1", "agreement", "spikes/sample", "vs before SSC", "SynOps/sample", "energy vs ANN"):
+        t.add_column(col, justify="right")
+    ref = baseline.spikes if baseline is not None else None
+    rows = ([("before", baseline)] if baseline is not None else []) + [(f"{p.r:g}", p) for p in points]
+    for label, p in rows:
+        t.add_row(label + ("" if p.feasible else " (infeasible: least S)"), _pct(p.top1), _pct(p.agreement), f"{p.spikes:,.0f}",
+                  "" if not ref else f"{p.spikes / ref:.3f}", f"{p.synops:,.0f}",
+                  "" if p.energy_ratio is None else f"{p.energy_ratio:.3f}")
+    return t

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import ops
 from ..errors import ConfigError
 from .energy import energy_model, layer_name
-from .pareto import pareto_select
+from .pareto import InfeasibleBudgetError, pareto_select
 from .sensitivity import symmetric_kl
 from ..report.data import data_input
 
@@ -269,7 +269,7 @@ class _SearchGraphs:
         have = {o.name for o in base.graph.output}
         self.base_outputs = [self.logits]
         want = [nr.spikes for nr in self.neurons] + [nr.x for nr in self.neurons] + \
-               [t for b in self.boundary for t in b]
+               [nr.y for nr in self.neurons] + [t for b in self.boundary for t in b]
         for t in want:
             if t and t != self.input and t not in self.base_outputs:
                 self.base_outputs.append(t)
@@ -316,17 +316,29 @@ class _SearchGraphs:
 
 
 # ----------------------------------------------------------------------------- measuring
+def _mean_corrected(y: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``y`` shifted per channel (axis 1) so that its mean over every other axis equals
+    ``base``'s: what bias calibration (§5) would do to the layer's output."""
+    axes = tuple(a for a in range(y.ndim) if a != 1)
+    shift = y.mean(axis=axes, keepdims=True, dtype=np.float64) - base.mean(axis=axes, keepdims=True, dtype=np.float64)
+    return (y - shift.astype(np.float32)).astype(np.float32, copy=False)
+
+
 def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAULT_PSI_MAX + 1)),
             taus: Sequence[float] | None = DEFAULT_TAUS, vth_for_psi: VthProvider | None = None,
             samples: int | None = 256, batch_size: int = 32, threads: int | None = None,
             kernel: bool | None = None, progress: bool = False,
-            layers: Sequence[str] | None = None) -> Measurement:
+            layers: Sequence[str] | None = None, mean_correct: bool = True) -> Measurement:
     """Sensitivity and spikes of every layer at every psi and tau candidate (§6-§7).
 
     ann, snn: ModelProto or path; the SNN as converted (its psi/tau are the defaults). data:
     npz path, array, (x, labels) or a Dataset; the first ``samples`` are used. psis / taus:
     the candidates (None skips that kind). vth_for_psi: the threshold refit for a psi
     candidate (default: :func:`scaled_vth`). layers: only these layers (default all).
+    mean_correct: shift the changed layer's output, per channel, back to the baseline SNN's
+    mean on the batch before the rest of the network sees it -- the correction the §5 bias
+    calibration applies after the choice (§8), so that S_i(k) measures what the choice
+    costs once recalibrated rather than a mean shift calibration removes anyway.
     """
     from ..report.data import load_dataset
     from ..report.evaluate import load_onnx
@@ -423,6 +435,8 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     y, s = sg.cell(xi.ndim, nr.T, p).run(None, {"X": xi, "vth": theta})
                     t_cell += time.perf_counter() - t
                     t = time.perf_counter()
+                    if mean_correct:
+                        y = _mean_corrected(y, env[nr.y])
                     feeds[nr.y] = y
                     lg = tail.run([sg.logits], feeds)[0]
                     t_tail += time.perf_counter() - t
@@ -491,8 +505,13 @@ def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.
 
 
 def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
-               reference_tau: float = 1.0) -> SearchChoice:
-    """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1)."""
+               reference_tau: float = 1.0, reference_S: float | None = None) -> SearchChoice:
+    """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1).
+
+    reference_S: when given, the budget is ``r * max(L * reference_S, sum_i S_i(1))`` -- each
+    layer's S_i(1) replaced by the sensitivity of a reference SNN where that is larger. :func:`tune` passes the uniform-psi
+    SNN's when SSC follows BSR, so that SSC may spend the sensitivity BSR saved.
+    """
     if table.kind != "tau":
         raise ConfigError(f"SSC needs the tau table, got {table.kind}")
     if not r > 0:
@@ -500,12 +519,17 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
     t = time.perf_counter()
     E = table.energy(energy)
     j = table.column(reference_tau)
-    budget = r * float(table.S[:, j].sum())
+    if reference_S is None:
+        budget, rule = r * float(table.S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
+    else:
+        own = float(table.S[:, j].sum())
+        budget = r * max(len(table.layers) * float(reference_S), own)
+        rule = f"{r:g} * max(L * S(uniform-psi SNN), sum_i S_i(tau={reference_tau:g}))"
     res = pareto_select(table.S, E, budget, [list(table.candidates)] * len(table.layers))
     full = pareto_select(table.S, E, float(table.S.max(axis=1).sum())).frontier
     return SearchChoice(
         "ssc", "tau", energy, dict(zip(table.layers, (float(c) for c in res.choices))), budget,
-        f"{r:g} * sum_i S_i(tau={reference_tau:g})", (res.profit, res.cost),
+        rule, (res.profit, res.cost),
         tuple((e, s) for s, e in reversed(res.frontier)), _uniform_points(table, E), time.perf_counter() - t,
         tuple((e, s) for s, e in reversed(full)))
 
@@ -568,6 +592,7 @@ class TuneResult:
     ssc: SearchChoice | None
     measurements: dict[str, Measurement]         # "bsr" (psi table), "ssc" (tau table)
     timings: dict[str, float]
+    ssc_start: tuple[dict[str, tuple[int, float]], float | None] | None = None  # settings SSC began from, reference S
 
     def to_dict(self) -> dict:
         return {"settings": {k: {"psi": p, "tau": t} for k, (p, t) in self.settings.items()},
@@ -627,6 +652,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
     ann = conv.source
     out: dict[str, object] = {"bsr": None, "ssc": None}
     measurements: dict[str, Measurement] = {}
+    ssc_start = None
     if bsr:
         t = time.perf_counter()
         psis = list(range(1, psi_max + 1))
@@ -647,7 +673,9 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
     if ssc:
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
         measurements["ssc"] = m
-        c = choose_ssc(m.tau, r=r, energy=energy)
+        ref = measurements["bsr"].baseline_S if "bsr" in measurements else None
+        ssc_start = (dict(settings), ref)
+        c = choose_ssc(m.tau, r=r, energy=energy, reference_S=ref)
         out["ssc"] = c
         timings["ssc measure"] = m.timings["total"]
         settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
@@ -655,7 +683,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         snn = rebuild(conv, data, stats, settings, progress=progress)
         timings["ssc rebuild"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings)
+    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings, ssc_start)
     import json
 
     p = snn.metadata_props.add()
@@ -664,3 +692,53 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          "bsr": None if res.bsr is None else {"budget": res.bsr.budget, "rule": res.bsr.budget_rule, "energy": energy},
          "ssc": None if res.ssc is None else {"budget": res.ssc.budget, "rule": res.ssc.budget_rule, "energy": energy}})
     return res
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One SSC budget of an r sweep: the SNN it gives, measured on the evaluation data."""
+
+    r: float
+    taus: dict[str, float]
+    top1: float | None          # None without labels
+    agreement: float            # same class as the ANN
+    spikes: float               # per sample
+    synops: float
+    energy_ratio: float | None
+    feasible: bool = True       # False: r's budget is below every configuration; the least sensitive is used
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, energy: str = "spikes",
+            threads: int | None = None, progress=None) -> tuple[SweepPoint, list[SweepPoint]]:
+    """SSC at each budget ``r`` (§8) from the tau table ``tune`` measured: choose, rebuild
+    (biases recalibrated), evaluate on ``eval_data`` -- the accuracy/spikes trade-off to pick from.
+
+    Returns (the SNN SSC started from, as a point with r = 0; one point per r).
+    """
+    from ..report.evaluate import evaluate
+
+    if res.ssc_start is None or "ssc" not in res.measurements:
+        raise ConfigError("an r sweep needs the SSC table: run the search with SSC")
+    start, ref = res.ssc_start
+    table = res.measurements["ssc"].tau
+    stats = conv.activation_stats(data, progress)
+    out = []
+    for r in [None] + [float(v) for v in rs]:
+        settings, feasible = dict(start), True
+        if r is not None:
+            try:
+                choice = choose_ssc(table, r=r, energy=energy, reference_S=ref).choice
+            except InfeasibleBudgetError:  # below every configuration: the least sensitive one
+                feasible = False
+                choice = {name: float(table.candidates[int(np.argmin(table.S[i]))]) for i, name in enumerate(table.layers)}
+            settings = {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start.items()}
+        model = rebuild(conv, data, stats, settings, progress=progress)
+        ev = evaluate(conv.source, model, eval_data, threads=threads)
+        e = ev.energy
+        out.append(SweepPoint(0.0 if r is None else r, {k: t for k, (_, t) in settings.items()},
+                              None if ev.snn.top1 is None else float(ev.snn.top1), float(ev.agreement),
+                              float(e.spikes), float(e.synops), e.ratio, feasible))
+    return out[0], out[1:]

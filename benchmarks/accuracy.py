@@ -1,0 +1,119 @@
+"""Accuracy of the converted SNN against its ANN (issue: model zoo and benchmarks; the paper's Tables I/II/V).
+
+For each bundled model: top-1 of the ANN and of the SNN for T in {2, 4, 8, 16, 32} x psi in
+{1, 2, 4, 8} (plain conversion, ALGORITHM.md §1-§5), and at T = 8 with + BSR, + SSC and
++ both (§6-§8): top-1, spikes per sample, SynOps, energy against the ANN (§7's 45 nm
+figures), conversion seconds. Calibration: the bundled 512 samples; test: the bundled
+1000-image subset by default (``--test full`` for the 10k set when Fashion-MNIST is
+installed). Writes benchmarks/results/accuracy.md and accuracy.png (top-1 against T, one
+curve per psi, the ANN as a line).
+
+    python benchmarks/accuracy.py [--models resnet20_fmnist,vgg_fmnist,vgg_max_fmnist]
+        [--Ts 2,4,8,16,32] [--psis 1,2,4,8] [--test subset|full] [--no-search]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="resnet20_fmnist,vgg_fmnist,vgg_max_fmnist")
+    ap.add_argument("--Ts", default="2,4,8,16,32")
+    ap.add_argument("--psis", default="1,2,4,8")
+    ap.add_argument("--test", choices=["subset", "full"], default="subset")
+    ap.add_argument("--no-search", action="store_true", help="skip the T=8 +BSR/+SSC/+both rows")
+    ap.add_argument("--search-samples", type=int, default=256)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy.md"))
+    args = ap.parse_args(argv)
+
+    from models.data import load_fmnist_test_npz
+    from onnx2burst.config import ConvertConfig
+    from onnx2burst.convert import Converter
+    from onnx2burst.report.evaluate import evaluate
+    from onnx2burst.report.plots import _pyplot, _save
+    from onnx2burst.tuning import search as S
+
+    x, labels = load_fmnist_test_npz("full" if args.test == "full" else None)
+    calib = ROOT / "models" / "data" / "fmnist_calib.npz"
+    Ts = [int(t) for t in args.Ts.split(",")]
+    psis = [int(p) for p in args.psis.split(",")]
+    rows, grid = [], {}
+    head = ("| model | T | psi | config | ANN top-1 | SNN top-1 | diff | spikes/sample | SynOps/sample | "
+            "energy vs ANN | convert s |")
+    sep = "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+
+    def row(name, T, psi, label, r, secs):
+        e = r.energy
+        line = (f"| {name} | {T} | {psi} | {label} | {r.ann.top1 * 100:.2f} | {r.snn.top1 * 100:.2f} | "
+                f"{(r.snn.top1 - r.ann.top1) * 100:+.2f} | {e.spikes:,.0f} | {e.synops:,.0f} | "
+                f"{e.ratio:.3f} | {secs:.1f} |")
+        print(line, flush=True)
+        rows.append(line)
+
+    for name in args.models.split(","):
+        ann = ROOT / "models" / "zoo" / f"{name}.onnx"
+        ann_top1 = None
+        for T in Ts:
+            for psi in psis:
+                t0 = time.perf_counter()
+                conv = Converter(ann, ConvertConfig(T=T, psi=psi))
+                data = conv.load_data(calib)
+                snn = conv.run(data).model
+                secs = time.perf_counter() - t0
+                r = evaluate(str(ann), snn, (x, labels))
+                ann_top1 = r.ann.top1
+                grid[name, T, psi] = r.snn.top1
+                row(name, T, psi, "BS" if psi > 1 else "IF (psi=1)", r, secs)
+                if T == 8 and psi == 4 and not args.no_search:
+                    for label, bsr, ssc in (("+BSR", True, False), ("+SSC", False, True), ("+BSR+SSC", True, True)):
+                        t1 = time.perf_counter()
+                        res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, samples=args.search_samples)
+                        row(name, T, psi, label, evaluate(str(ann), res.model, (x, labels)),
+                            secs + time.perf_counter() - t1)
+        grid[name, "ann"] = ann_top1
+
+    # the figure: top-1 against T, one curve per psi, the ANN as a line; one panel per model
+    plt = _pyplot()
+    names = args.models.split(",")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for psi in psis:
+            ax.plot(Ts, [grid[name, T, psi] * 100 for T in Ts], marker="o", label=f"psi={psi}")
+        ax.axhline(grid[name, "ann"] * 100, color="k", ls="--", label="ANN")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(Ts, [str(t) for t in Ts])
+        ax.set_xlabel("T (timesteps)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(name)
+        lo = min(grid[name, T, p] for T in Ts for p in psis) * 100
+        ax.set_ylim(max(lo - 2, 0), grid[name, "ann"] * 100 + 1.5)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    png = Path(args.out).with_suffix(".png")
+    _save(fig, png)
+
+    text = (f"# ANN vs SNN accuracy\n\nCommand: `python benchmarks/accuracy.py{' --test full' if args.test == 'full' else ''}`. "
+            f"Test images: {len(labels)} ({'the 10k test set' if args.test == 'full' else 'the bundled subset, models/data/fmnist_test.npz'}); "
+            "calibration: the bundled 512 samples (models/data/fmnist_calib.npz). psi = 1 is the plain IF neuron "
+            "(reset by subtraction), psi > 1 Bursting Spikes (BS); the T = 8 search rows start from BS psi = 4 "
+            f"(BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau 1:10:0.5; {args.search_samples} search samples). "
+            "Energy: SynOps x 0.9 pJ + first-layer MACs x 4.6 pJ against ANN MACs x 4.6 pJ (ALGORITHM.md §7). "
+            "`convert s` includes the search for the search rows.\n\n"
+            f"![accuracy against T]({png.name})\n\n" + head + "\n" + sep + "\n" + "\n".join(rows) + "\n")
+    Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(
+        {f"{k[0]}|{k[1]}|{k[2]}" if len(k) == 3 else f"{k[0]}|ann": v for k, v in grid.items()}, indent=1))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
