@@ -78,14 +78,18 @@ class ImageOptions:
     """How a folder of images becomes an input tensor ``[N, C, H, W]`` float32.
 
     ``size`` (H, W): resize to it (default: the model input's static H, W). ``mean``/``std``:
-    one value or one per channel, applied as ``(pixel/255 - mean) / std``.
+    one value or one per channel, applied as ``(pixel/255 - mean) / std``. ``max_pixels``:
+    an image declaring more pixels (width x height, read from its header) is refused before
+    it is decoded (decompression bombs).
     """
 
     size: tuple[int, int] | None = None
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    max_pixels: int = 2**26
 
     def __post_init__(self):
+        _check_int("--max-image-pixels", self.max_pixels, 1)
         if self.size is not None:
             if len(self.size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.size):
                 raise ConfigError(f"--size must be two positive integers (H, W), got {self.size!r}")
@@ -104,7 +108,10 @@ class CalibrationConfig:
     seed: the subset choice. threads: onnxruntime intra-op threads (None: its default).
     kernel: use the C++ BurstIF kernel (None: when available). cache_mb: memory the bias
     calibration may use to keep spike maps between layers (0 disables the cache; results
-    are the same, only slower).
+    are the same, only slower). max_memory: refuse (``ResourceLimitError``) before running
+    anything when the model's declared sizes, weights and this plan would need more memory
+    than this: bytes, or a size such as ``"8G"`` (``--max-memory``); None: the memory
+    available when the conversion starts (``onnx2burst.limits``).
     """
 
     samples: int = 512
@@ -114,8 +121,12 @@ class CalibrationConfig:
     kernel: bool | None = None
     cache_mb: int = 512
     image: ImageOptions = field(default_factory=ImageOptions)
+    max_memory: int | str | None = None
 
     def __post_init__(self):
+        from .limits import parse_bytes
+
+        object.__setattr__(self, "max_memory", parse_bytes(self.max_memory))
         _check_int("--calib-samples", self.samples, 1)
         _check_int("--batch-size", self.batch_size, 1)
         _check_int("--seed", self.seed, 0)

@@ -2,6 +2,10 @@
 
 Stages (``Converter`` runs them one by one; ``convert`` runs them all):
 
+0. resource check (``limits``): the declared sizes of the weights (external data not read
+   yet), of every tensor and of the calibration plan against ``max_memory`` (default: the
+   memory available), before constants are folded and again on the canonical graph with
+   the neurons known, before any data is read or onnxruntime session made;
 1. canonicalise (``graph.canonicalize``): opset >= 13, constants folded, BatchNorm folded,
    Identity/Dropout dropped, symbolic batch;
 2. analyse (``rewrite.analyze``): neurons, analog layers, ops that cannot be converted
@@ -46,7 +50,8 @@ from .calibration.progress import NullProgress
 from .config import CalibrationConfig, ConvertConfig, ThresholdConfig
 from .errors import ConfigError, GraphError, UnsupportedModelError
 from .graph import Canonical, canonicalize
-from .io import file_sha256, load_model, model_sha256
+from .io import file_sha256, load_model, model_sha256, read_external_data
+from .limits import enforce, estimate
 from .rewrite import SNN, Analysis, NeuronParams, analyze, build_snn
 from .tuning.bias import calibrate_biases
 from .tuning.thresholds import ActivationStats, activation_stats, search_thresholds
@@ -82,22 +87,28 @@ class ConversionResult:
 class Converter:
     """The pipeline on one model; see the module docstring.
 
-    model: a path or an ``onnx.ModelProto``. Stages 1-2 run on construction, so
-    unsupported ops are reported before any data is read.
+    model: a path or an ``onnx.ModelProto``. Stages 0-2 run on construction, so a model too
+    large for ``calibration.max_memory`` and unsupported ops are reported before any data
+    is read.
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, config: ConvertConfig | None = None):
         self.config = config or ConvertConfig()
         if isinstance(model, onnx.ModelProto):
             self.source, self.source_path = model, None
+            self.check_resources(model, "the model")
             self.source_sha256 = model_sha256(model)
         else:
             self.source_path = Path(model)
-            self.source = load_model(self.source_path)
+            self.source = load_model(self.source_path, load_external_data=False)
+            self.check_resources(self.source, str(self.source_path))
+            read_external_data(self.source, self.source_path)
             self.source_sha256 = file_sha256(self.source_path)
         self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
         self.analysis: Analysis = analyze(self.canonical)
         a = self.analysis
+        self.check_resources(self.canonical.model, str(self.source_path or "the model"), info=self.canonical.info,
+                             keep=[n.output for n in a.neurons])
         if a.shape_issues:
             raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.shape_issues],
                                         hint="compute the shape from the tensor it applies to")
@@ -116,11 +127,20 @@ class Converter:
     def calibration(self) -> CalibrationConfig:
         return self.config.calibration
 
+    def check_resources(self, model: onnx.ModelProto, what: str, *, info: dict | None = None, keep=()) -> None:
+        """Stage 0: ``ResourceLimitError`` when ``model`` (declared sizes only) with this plan
+        (batch size, T, samples, threshold candidates, cache) needs more than ``max_memory``."""
+        c = self.calibration
+        est = estimate(model, batch_size=c.batch_size, T=self.config.T, samples=c.samples, keep=keep,
+                       candidates=self.config.thresholds.candidates if keep else 0, cache_mb=c.cache_mb, info=info)
+        enforce(est, c.max_memory, f"converting {what} (batch {c.batch_size}, T={self.config.T}, "
+                                   f"{c.samples} samples)")
+
     def load_data(self, calib) -> CalibrationSet:
         """Read and check calibration data against the model's inputs (``calibration.data``)."""
         c = self.calibration
         return load_calibration(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
-                                image=c.image)
+                                image=c.image, max_memory=c.max_memory)
 
     def settings(self, psi: Mapping[str, int] | None = None, tau: Mapping[str, float] | None = None) \
             -> dict[str, tuple[int, float]]:
@@ -247,7 +267,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, calib, T: int | None = N
     options: any other ``ConvertConfig`` field (``maxpool``, ``per_timestep_output``,
     ``bias_calibration``, ``allow_inexact``, ``layers``, ``thresholds``) or
     ``CalibrationConfig`` field (``samples``, ``batch_size``, ``seed``, ``threads``,
-    ``kernel``, ``cache_mb``, ``image``).
+    ``kernel``, ``cache_mb``, ``image``, ``max_memory``: refuse, before running anything, a
+    model whose declared sizes and this plan need more memory than this, e.g. ``"8G"``;
+    default: the memory available).
 
     Example::
 

@@ -7,13 +7,15 @@ it is about, so that the CLI can print it as it is and exit non-zero.
     ├── ModelSaveError           output == input, not writable, a folder, ...
     ├── GraphError               a graph the passes cannot canonicalise or rewrite
     │   └── UnsupportedModelError   ops that cannot be converted exactly (§3); ``.issues``
-    └── CalibrationDataError     unreadable, empty, NaN/inf, wrong shape/dtype/rank, pickles
+    ├── CalibrationDataError     unreadable, empty, NaN/inf, wrong shape/dtype/rank, pickles,
+    │                            decompression bombs
+    └── ResourceLimitError       the model or the calibration plan needs more memory than allowed
 """
 from __future__ import annotations
 
 __all__ = [
     "Onnx2BurstError", "ConfigError", "ModelLoadError", "ModelSaveError", "GraphError",
-    "UnsupportedModelError", "CalibrationDataError",
+    "UnsupportedModelError", "CalibrationDataError", "ResourceLimitError",
 ]
 
 
@@ -54,3 +56,9 @@ class UnsupportedModelError(GraphError):
 
 class CalibrationDataError(Onnx2BurstError, ValueError):
     """Calibration data that cannot be used; the message names the file/input and shows both shapes."""
+
+
+class ResourceLimitError(Onnx2BurstError):
+    """The model's declared sizes, its weights or the calibration plan would need more memory
+    than the limit (``--max-memory``, default: the memory available); raised before anything
+    runs. The message gives both numbers and the largest tensors by name."""

@@ -1,14 +1,19 @@
 """Loading and saving ONNX files: the only place where onnx2burst reads or writes protobuf files.
 
-- ``load_model(path)``: clear errors for a missing file, a file that is not ONNX, or a
-  truncated one. External data is supported, but every ``location`` must stay inside the
-  model's folder: an absolute path, ``..`` or a symlink leading out is refused *before*
-  anything is read.
+- ``load_model(path)``: clear errors for a missing file, not a regular file, a file that is
+  not ONNX, or a truncated one; a file larger than a protobuf can be (2 GiB - 1) is refused
+  before it is read. External data is supported, but every ``location`` must stay inside
+  the model's folder: an absolute path, ``..`` or a symlink leading out is refused *before*
+  anything is read. ``load_model(path, load_external_data=False)`` then
+  ``read_external_data(model, path)`` lets a caller check declared sizes in between
+  (``limits``).
 - ``save_model(model, path)``: written to a temporary file in the target folder and moved
   into place with ``os.replace``: a failure leaves any old file intact, a symlink planted
   at the output path is replaced, never followed, and the file gets the user's umask.
   Refuses to overwrite the source model. Weights go to an external data file
   ``<name>.data`` next to the output when the model is over 2 GB or when asked.
+- ``write_file(path, data, source=...)``: the same atomic, symlink-safe, umask-respecting
+  write for any other output (reports, plots, TorchScript files).
 - ``file_sha256(path)`` / ``model_sha256(model)``: the fingerprint stored in metadata.
 """
 from __future__ import annotations
@@ -23,7 +28,8 @@ from onnx import external_data_helper
 
 from .errors import ModelLoadError, ModelSaveError
 
-__all__ = ["load_model", "save_model", "check_output", "file_sha256", "model_sha256", "PROTOBUF_LIMIT"]
+__all__ = ["load_model", "read_external_data", "save_model", "write_file", "check_output", "file_sha256",
+           "model_sha256", "PROTOBUF_LIMIT"]
 
 #: protobuf cannot serialise a message of 2 GiB or more.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -64,6 +70,27 @@ def _check_external_location(tensor: onnx.TensorProto, base: Path, path: Path) -
         raise ModelLoadError(f"{where}: no such file ({target})")
 
 
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in _all_tensors(model.graph)
+            if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def read_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> onnx.ModelProto:
+    """Read the external data of ``model`` (loaded from ``path`` without it) in place, after
+    checking that every location stays inside the model's folder."""
+    path = Path(path)
+    external = _external_tensors(model)
+    if not external:
+        return model
+    for t in external:
+        _check_external_location(t, path.parent, path)
+    try:
+        external_data_helper.load_external_data_for_model(model, os.fspath(path.parent))
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"{path}: cannot read its external data: {e}") from None
+    return model
+
+
 def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
     """Read an ONNX model, with its external data (checked to stay in the model's folder)."""
     path = Path(path)
@@ -71,6 +98,13 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder, not an ONNX file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a regular file (a device or a pipe?); refused")
+    size = path.stat().st_size
+    if size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path} is {size:,} bytes, more than a protobuf file can hold ({PROTOBUF_LIMIT:,} bytes, 2 GiB - 1); "
+            "refused before reading it (a model this large keeps its weights in external data)")
     try:
         model = onnx.load(os.fspath(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - DecodeError, RuntimeError, ... all mean "not ONNX"
@@ -79,17 +113,10 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         raise ModelLoadError(f"{path} is not an ONNX model (no graph found; truncated or another format?)")
     if not model.opset_import:
         raise ModelLoadError(f"{path}: the model imports no opset; not a valid ONNX model")
-    external = [t for t in _all_tensors(model.graph)
-                if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        base = path.parent
-        for t in external:
-            _check_external_location(t, base, path)
-        if load_external_data:
-            try:
-                external_data_helper.load_external_data_for_model(model, os.fspath(base))
-            except Exception as e:  # noqa: BLE001
-                raise ModelLoadError(f"{path}: cannot read its external data: {e}") from None
+    for t in _external_tensors(model):
+        _check_external_location(t, path.parent, path)
+    if load_external_data:
+        read_external_data(model, path)
     return model
 
 
@@ -160,6 +187,18 @@ def check_output(path: str | os.PathLike, source: str | os.PathLike | None = Non
         src = Path(source)
         if _same_file(path, src) or os.path.abspath(path) == os.path.abspath(src):
             raise ModelSaveError(f"output {path} is the input model; choose another output path (-o)")
+    return path
+
+
+def write_file(path: str | os.PathLike, data: bytes, *, source: str | os.PathLike | None = None) -> Path:
+    """Write ``data`` to ``path`` as ``save_model`` writes a model: a temporary file in the
+    target folder renamed into place, a symlink at ``path`` replaced (never followed), the
+    user's umask, and ``source`` (the input) never overwritten. Returns the path."""
+    path = check_output(path, source)
+    try:
+        _write_atomic([data], path)
+    except OSError as e:
+        raise ModelSaveError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 

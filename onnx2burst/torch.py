@@ -7,8 +7,8 @@
 """
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import warnings
 from typing import Dict, List
 
@@ -338,7 +338,9 @@ class OnnxModule(torch.nn.Module):
 def load(model) -> OnnxModule:
     """An ``nn.Module`` running the ONNX model (a path or ``onnx.ModelProto``); ``.to(device)`` works."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
+        from .io import load_model  # external data checked to stay in the model's folder
+
+        model = load_model(model)
     return OnnxModule(model).eval()
 
 
@@ -356,22 +358,20 @@ def _example_inputs(model: onnx.ModelProto, batch: int = 2):
 
 
 def export(snn_path, out_path, example_inputs=None) -> str:
-    """Write a TorchScript (``torch.jit.trace``) artifact of the SNN; atomic (temp file + os.replace)."""
-    model = snn_path if isinstance(snn_path, onnx.ModelProto) else onnx.load(os.fspath(snn_path))
+    """Write a TorchScript (``torch.jit.trace``) artifact of the SNN with ``io.write_file``
+    (atomic, a symlink at ``out_path`` replaced not followed, the user's umask, never over
+    the input)."""
+    from .io import check_output, load_model, write_file
+
+    source = None if isinstance(snn_path, onnx.ModelProto) else snn_path
+    check_output(out_path, source)
+    model = snn_path if source is None else load_model(snn_path)
     mod = load(model)
     ex = tuple(example_inputs) if example_inputs is not None else _example_inputs(model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape constants from initializers
         traced = torch.jit.trace(mod, ex, check_trace=False, strict=False)
-    out_path = os.fspath(out_path)
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.close(fd)
-    try:
-        torch.jit.save(traced, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return out_path
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    write_file(out_path, buf.getvalue(), source=source)
+    return os.fspath(out_path)

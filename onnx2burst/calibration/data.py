@@ -8,20 +8,27 @@ Sources (``load_calibration``):
   ignored (for a single-input model, a lone array under another name is taken too);
 - a folder of images (png, jpg, bmp, gif, tif, webp; searched recursively), resized to
   ``ImageOptions.size`` (default: the model's H, W) and normalised as
-  ``(pixel/255 - mean) / std``; needs Pillow;
+  ``(pixel/255 - mean) / std``; needs Pillow. An image whose header declares more than
+  ``ImageOptions.max_pixels`` pixels is refused before it is decoded;
 - from Python: a numpy array (single input), a mapping ``{input name: array}``, an
   onnxruntime-style reader (``get_next()`` returning an input dict or None; ``rewind()``
   is called first when it has one), or any iterable of input dicts (or of arrays, for a
   single input). Items may be batched ``[B, ...]`` or single samples.
 
 At most ``samples`` samples are kept: a seeded random subset of a larger file or folder,
-the first ones of a reader. Files are always read with ``allow_pickle=False``.
+the first ones of a reader. Files are always read with ``allow_pickle=False``; in an
+``.npz`` only the arrays used are decompressed, after their headers were checked: an object
+dtype (a pickle) is refused unread, and arrays larger than the memory limit (``max_memory``,
+see ``onnx2burst.limits``) raise ``ResourceLimitError`` (zip bombs); so do the samples of an
+``.npy`` (a file map) before they are copied.
 Errors (``CalibrationDataError``) name the file and input and show both shapes: empty
 data, NaN/inf, a wrong rank, shape or dtype, pickled objects.
 """
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -31,9 +38,11 @@ import onnx
 from onnx import helper
 
 from ..config import ImageOptions
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, ResourceLimitError
+from ..limits import format_bytes, memory_limit
 
-__all__ = ["InputSpec", "CalibrationSet", "load_calibration", "input_specs", "IMAGE_EXTENSIONS"]
+__all__ = ["InputSpec", "CalibrationSet", "load_calibration", "input_specs", "npz_headers", "npz_arrays",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 LABELS = "labels"
@@ -99,7 +108,8 @@ class CalibrationSet:
 
 
 # ------------------------------------------------------------------ checks
-def _check(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+def _check_layout(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    """Dtype and shape against ``spec``; reads no values (a file map stays unread)."""
     arr = np.asarray(arr)
     if arr.dtype == object:
         raise CalibrationDataError(f"{where}: input {spec.name!r} holds Python objects, not numbers")
@@ -113,6 +123,11 @@ def _check(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
         raise CalibrationDataError(
             f"{where}: input {spec.name!r} is {arr.dtype} with shape {list(arr.shape)}; the model expects "
             f"{spec.show()} (convert it, e.g. x.astype(np.{spec.dtype.name}))")
+    return arr
+
+
+def _check(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    arr = _check_layout(arr, spec, where)
     if arr.shape[0] == 0:
         raise CalibrationDataError(f"{where}: input {spec.name!r} is empty (0 samples)")
     if arr.dtype.kind == "f":
@@ -154,6 +169,7 @@ def _from_arrays(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where
         a = arrays[spec.name]
         if np.ndim(a) == 0:
             raise CalibrationDataError(f"{where}: input {spec.name!r} is a scalar; the model expects {spec.show()}")
+        _check_layout(a, spec, where)  # before anything is copied out of a file map
         a = np.array(a[sel] if sel is not None else a[:samples])  # in memory, not a file map
         out[spec.name] = _check(a, spec, where)
     if labels is not None:
@@ -178,23 +194,82 @@ def _np_load(path: Path):
         raise CalibrationDataError(f"{path}: not a readable numpy file: {e}") from None
 
 
-def _load_npz(path: Path, specs, samples, seed) -> CalibrationSet:
+def _npz_header(z, key: str, path: Path, used: bool = True) -> tuple[tuple, np.dtype] | None:
+    """Shape and dtype of array ``key`` of an open ``.npz``, from its .npy header only (None
+    for an unreadable member that is not ``used``); an object dtype is refused."""
+    fmt = np.lib.format
+    member = key + ".npy" if key + ".npy" in z.zip.namelist() else key
+    try:
+        with z.zip.open(member) as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except Exception as e:  # noqa: BLE001 - not .npy magic, a damaged header, a zip error
+        if not used:
+            return None
+        raise CalibrationDataError(f"{path}: member {member!r} is not a readable numpy array: {e}") from None
+    if dtype.hasobject:
+        raise CalibrationDataError(f"{path}: array {key!r} holds pickled Python objects ({dtype}); refused unread "
+                                   "(only plain numeric arrays are read, never pickles)")
+    return tuple(shape), dtype
+
+
+def npz_headers(z, path) -> dict[str, tuple[tuple, np.dtype] | None]:
+    """``{name: (shape, dtype)}`` of every array of an open ``.npz`` (``np.load(...,
+    allow_pickle=False)``), read from the .npy headers only: nothing is decompressed. An
+    object dtype (a pickle) anywhere raises ``CalibrationDataError``; a member that is not
+    an .npy array gives None."""
+    try:
+        keys = list(z.files)
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationDataError(f"{path}: not a readable .npz archive: {e}") from None
+    return {k: _npz_header(z, k, Path(path), used=False) for k in keys}
+
+
+def npz_arrays(z, path, wanted, max_memory=None) -> dict[str, np.ndarray]:
+    """Arrays ``wanted`` of an open ``.npz``, decompressed only after ``npz_headers`` and a
+    check of their total size against the memory limit (``ResourceLimitError``: zip bombs)."""
+    headers = npz_headers(z, path)
+    for k in wanted:
+        if headers[k] is None:
+            _npz_header(z, k, Path(path))  # raises, naming the member
+    need = sum(int(np.prod(headers[k][0], dtype=np.float64)) * headers[k][1].itemsize for k in wanted)
+    limit, source = memory_limit(max_memory)
+    if need > limit:
+        shown = ", ".join(f"{k!r} {list(headers[k][0])} {headers[k][1]}" for k in wanted)
+        raise ResourceLimitError(
+            f"{path}: its arrays {shown} need {format_bytes(need)} ({need:,} bytes) once decompressed, more "
+            f"than the limit of {format_bytes(limit)} ({limit:,} bytes; {source}); refused before reading them")
+    out = {}
+    for k in wanted:
+        try:
+            out[k] = z[k]
+        except ValueError as e:
+            raise CalibrationDataError(f"{path}: array {k!r} holds pickled Python objects; refused ({e})") from None
+        except Exception as e:  # noqa: BLE001 - zip/CRC errors of a damaged file
+            raise CalibrationDataError(f"{path}: cannot read array {k!r}: {e}") from None
+    return out
+
+
+def _load_npz(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
     z = _np_load(path)
     if not hasattr(z, "files"):
         raise CalibrationDataError(f"{path}: expected an .npz archive")
-    arrays = {}
-    try:
-        with z:
-            for k in z.files:
-                arrays[k] = z[k]
-    except ValueError as e:
-        raise CalibrationDataError(f"{path}: array {k!r} holds pickled Python objects; refused ({e})") from None
-    except Exception as e:  # noqa: BLE001 - zip/CRC errors of a damaged file
-        raise CalibrationDataError(f"{path}: cannot read array {k!r}: {e}") from None
+    with z:
+        keys = list(z.files)
+        names = [s.name for s in specs]
+        others = [k for k in keys if k != LABELS]
+        if len(specs) == 1 and names[0] not in keys and len(others) == 1:
+            wanted = list(others)  # a lone array for a single-input model (as _from_arrays takes it)
+        else:
+            wanted = [k for k in names if k in keys]
+        wanted += [LABELS] if LABELS in keys else []
+        arrays: dict = dict.fromkeys(keys)  # arrays not used are never decompressed
+        arrays.update(npz_arrays(z, path, wanted, max_memory))
     return _from_arrays(arrays, specs, str(path), samples, seed)
 
 
-def _load_npy(path: Path, specs, samples, seed) -> CalibrationSet:
+def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
     if len(specs) != 1:
         raise CalibrationDataError(f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs "
                                    f"{[s.name for s in specs]}; use an .npz with one array per input")
@@ -203,6 +278,14 @@ def _load_npy(path: Path, specs, samples, seed) -> CalibrationSet:
         raise CalibrationDataError(f"{path}: expected a .npy array")
     if a.dtype == object:
         raise CalibrationDataError(f"{path}: holds Python objects; refused")
+    rows = min(a.shape[0], samples) if a.ndim else 0
+    need = rows * int(np.prod(a.shape[1:], dtype=np.float64)) * a.dtype.itemsize
+    limit, source = memory_limit(max_memory)
+    if need > limit:  # a (sparse) file declaring huge samples: the copy out of the map is bounded
+        raise ResourceLimitError(
+            f"{path}: {rows} samples of shape {list(a.shape[1:])} {a.dtype} need {format_bytes(need)} ({need:,} "
+            f"bytes), more than the limit of {format_bytes(limit)} ({limit:,} bytes; {source}); refused before "
+            "reading them")
     return _from_arrays({specs[0].name: a}, specs, str(path), samples, seed)
 
 
@@ -236,14 +319,35 @@ def _load_images(folder: Path, specs, samples, seed, image: ImageOptions) -> Cal
             raise CalibrationDataError(f"{name} has {v.size} values; the model input has {c} channels (give 1 or {c})")
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
     out = np.empty((len(files), c, h, w), np.float32)
-    for k, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                im = im.convert(mode).resize((w, h), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.float32).reshape(h, w, c)
-        except Exception as e:  # noqa: BLE001
-            raise CalibrationDataError(f"{f}: cannot read the image: {e}") from None
-        out[k] = a.transpose(2, 0, 1)
+    cap = int(image.max_pixels)
+    limit_msg = f"the limit is {cap:,} pixels (ImageOptions.max_pixels, --max-image-pixels)"
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = cap  # Pillow's own check at open: warns above cap, raises above 2*cap
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for k, f in enumerate(files):
+                try:
+                    with Image.open(f) as im:  # lazy: reads the header, decodes nothing yet
+                        iw, ih = im.size
+                        if iw * ih > cap:
+                            raise CalibrationDataError(
+                                f"{f}: the image declares {iw}x{ih} = {iw * ih:,} pixels; {limit_msg}; refused "
+                                "before decoding (a decompression bomb?)")
+                        im = im.convert(mode).resize((w, h), Image.BILINEAR)
+                        a = np.asarray(im, dtype=np.float32).reshape(h, w, c)
+                except CalibrationDataError:
+                    raise
+                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                    n = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's check at open, same cap
+                    size = f"{int(n.group(1)):,} pixels" if n else f"too many pixels ({e})"
+                    raise CalibrationDataError(f"{f}: the image declares {size}; {limit_msg}; refused before "
+                                               "decoding (a decompression bomb?)") from None
+                except Exception as e:  # noqa: BLE001
+                    raise CalibrationDataError(f"{f}: cannot read the image: {e}") from None
+                out[k] = a.transpose(2, 0, 1)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     out /= np.float32(255.0)
     out -= mean.reshape(-1, 1, 1)
     out /= std.reshape(-1, 1, 1)
@@ -308,8 +412,11 @@ def _from_reader(source, specs: list[InputSpec], samples: int) -> CalibrationSet
 
 
 def load_calibration(source, specs: list[InputSpec] | onnx.ModelProto, *, samples: int = 512, seed: int = 0,
-                     image: ImageOptions | None = None) -> CalibrationSet:
-    """Read ``source`` (see the module docstring) into a checked ``CalibrationSet``."""
+                     image: ImageOptions | None = None, max_memory=None) -> CalibrationSet:
+    """Read ``source`` (see the module docstring) into a checked ``CalibrationSet``.
+
+    max_memory: the most bytes the arrays read from an ``.npz``, or the samples copied out of
+    an ``.npy``, may take (bytes or ``"8G"``; None: the memory available now)."""
     if isinstance(specs, onnx.ModelProto):
         specs = input_specs(specs)
     image = image or ImageOptions()
@@ -324,9 +431,9 @@ def load_calibration(source, specs: list[InputSpec] | onnx.ModelProto, *, sample
             return _load_images(path, specs, samples, seed, image)
         suffix = path.suffix.lower()
         if suffix == ".npz":
-            return _load_npz(path, specs, samples, seed)
+            return _load_npz(path, specs, samples, seed, max_memory)
         if suffix == ".npy":
-            return _load_npy(path, specs, samples, seed)
+            return _load_npy(path, specs, samples, seed, max_memory)
         raise CalibrationDataError(f"{path}: unsupported calibration file; give a .npy, an .npz or a folder of images")
     if isinstance(source, np.ndarray):
         if len(specs) != 1:

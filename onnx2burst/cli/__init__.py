@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": "onnx2burst.cli.eval:command",
     "search": "onnx2burst.cli.search:command",
     "export-torch": "onnx2burst.cli.export_torch:export_torch",
+    "export-nir": "onnx2burst.cli.export_nir:export_nir",
 }
 
 

@@ -5,6 +5,8 @@ import json
 
 import click
 
+from .options import max_memory_option
+
 
 @click.command(name="eval")
 @click.argument("ann", type=click.Path(exists=True, dir_okay=False))
@@ -19,7 +21,8 @@ import click
 @click.option("--e-ac", default=0.9, show_default=True, help="Energy of one accumulate, pJ.")
 @click.option("--e-mac", default=4.6, show_default=True, help="Energy of one multiply-accumulate, pJ.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json):
+@max_memory_option
+def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory):
     """Compare ANN.onnx with its SNN.onnx on DATA.
 
     Reports top-1 of both (when the data has labels), how often they agree, the mean
@@ -38,7 +41,7 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
     try:
         with cli_errors():
             r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
-                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=not as_json)
+                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=not as_json, max_memory=max_memory)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

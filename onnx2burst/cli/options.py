@@ -16,8 +16,8 @@ from typing import Iterator
 
 import click
 
-__all__ = ["snn_options", "calibration_options", "threads_option", "build_snn", "build_calibration",
-           "parse_size", "parse_floats", "RichProgress", "cli_errors"]
+__all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "build_snn",
+           "build_calibration", "parse_size", "parse_floats", "RichProgress", "cli_errors"]
 
 
 def _compose(*decorators):
@@ -58,6 +58,12 @@ def parse_floats(value: str | None, name: str):
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,
                               help="onnxruntime intra-op threads (default: onnxruntime's, one per core).")
 
+#: --max-memory: the resource bound of onnx2burst.limits (a size string; parsed by the config).
+max_memory_option = click.option(
+    "--max-memory", default=None, metavar="SIZE",
+    help="Refuse, before running anything, a model whose declared sizes, weights and calibration plan "
+         "need more memory than this: bytes or 8G, 512M (default: the memory available).")
+
 #: --T, --psi, --tau, --maxpool: the SNN's settings (ConvertConfig fields).
 snn_options = _compose(
     click.option("--T", "T", type=click.IntRange(1), default=8, show_default=True, help="Timesteps."),
@@ -71,7 +77,8 @@ snn_options = _compose(
 
 
 def calibration_options(required: bool = True):
-    """--calib, --calib-samples, --batch-size, --seed, --size, --mean, --std, --threads."""
+    """--calib, --calib-samples, --batch-size, --seed, --size, --mean, --std,
+    --max-image-pixels, --threads, --max-memory."""
     return _compose(
         click.option("--calib", required=required, metavar="DATA",
                      help="Calibration data: .npy (one input), .npz (arrays named like the inputs, optional "
@@ -86,7 +93,10 @@ def calibration_options(required: bool = True):
                      "model input's)."),
         click.option("--mean", default=None, metavar="M[,M,M]", help="Image folders: mean of (pixel/255), per channel."),
         click.option("--std", default=None, metavar="S[,S,S]", help="Image folders: std of (pixel/255), per channel."),
+        click.option("--max-image-pixels", type=click.IntRange(1), default=2**26, show_default=True,
+                     help="Image folders: refuse an image declaring more pixels (checked before decoding)."),
         threads_option,
+        max_memory_option,
     )
 
 
@@ -101,9 +111,10 @@ def build_calibration(kw: dict):
 
     image = ImageOptions(size=parse_size(kw.pop("size")),
                          mean=parse_floats(kw.pop("mean"), "--mean") or (0.0,),
-                         std=parse_floats(kw.pop("std"), "--std") or (1.0,))
+                         std=parse_floats(kw.pop("std"), "--std") or (1.0,),
+                         max_pixels=kw.pop("max_image_pixels"))
     cfg = CalibrationConfig(samples=kw.pop("calib_samples"), batch_size=kw.pop("batch_size"), seed=kw.pop("seed"),
-                            threads=kw.pop("threads"), image=image)
+                            threads=kw.pop("threads"), image=image, max_memory=kw.pop("max_memory"))
     return kw.pop("calib"), cfg
 
 

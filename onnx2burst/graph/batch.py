@@ -1,6 +1,6 @@
 """Batch pass: the batch axis (axis 0 of every graph input and output) becomes symbolic, and
 a Reshape whose constant shape hard-codes the batch size gets -1 (or 0 when the shape
-already has a -1) there, so that the graph runs on any batch, and on the time-folded
+already has a -1) there (and in a batch-1 model, Flatten(axis=0) becomes Flatten(axis=1)), so that the graph runs on any batch, and on the time-folded
 batch ``T*N`` of the SNN (§1).
 
 Assumes axis 0 of each input is the batch, as in every image classifier export.
@@ -53,6 +53,14 @@ def fix_batch_reshapes(model: onnx.ModelProto, info: dict, batch_sizes: set[int]
     idx = GraphIndex(g)
     changed = []
     for node in g.node:
+        if node.op_type == "Flatten" and batch_sizes == {1}:
+            # Flatten(axis=0) of a batch-1 model is Flatten(axis=1) there; only axis=1 keeps a batch
+            dims = info.get(node.input[0], (0, None))[1]
+            axis = [a for a in node.attribute if a.name == "axis"]
+            if axis and axis[0].i == 0 and dims and not isinstance(dims[0], int):
+                axis[0].i = 1
+                changed.append(node.name)
+            continue
         if node.op_type != "Reshape" or not idx.is_const(node.input[1]):
             continue
         dims = info.get(node.input[0], (0, None))[1]

@@ -79,7 +79,8 @@ class GraphIndex:
     # ---------------------------------------------------------------- edits
     def set_const(self, name: str, array: np.ndarray) -> str:
         """Create or overwrite initializer ``name`` with ``array`` (dtype kept)."""
-        t = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        a = np.asarray(array)
+        t = numpy_helper.from_array(np.ascontiguousarray(a) if a.ndim else a, name)  # keep scalars rank 0
         if name in self.initializers:
             self.initializers[name].CopyFrom(t)
         else:

@@ -1,5 +1,7 @@
 """Opset pass: keep the model's default opset, or upgrade it to >= 13 (the BurstIF fallback
-function and the rewrites use opset-13 forms), saying so."""
+function and the rewrites use opset-13 forms), saying so. The IR version is raised to what
+the opsets and the fallback function need, and weights listed among the graph inputs
+(IR 3 exporters) stop being inputs."""
 from __future__ import annotations
 
 import onnx
@@ -16,7 +18,7 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> tuple[onnx
     upgraded with ``onnx.version_converter`` and a note saying so."""
     have = default_opset(model)
     if have >= minimum:
-        return model, None
+        return _modern_ir(model), None
     try:
         from onnx import version_converter
 
@@ -24,4 +26,20 @@ def ensure_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> tuple[onnx
     except Exception as e:  # noqa: BLE001
         raise GraphError(f"the model uses opset {have}; the converter needs >= {minimum} and "
                          f"onnx.version_converter could not upgrade it: {e}") from None
-    return up, f"opset upgraded from {have} to {minimum} (the BurstIF fallback needs >= {minimum})"
+    return _modern_ir(up), f"opset upgraded from {have} to {minimum} (the BurstIF fallback needs >= {minimum})"
+
+
+def _modern_ir(model: onnx.ModelProto) -> onnx.ModelProto:
+    """IR version at least what the opsets (and model-local functions, IR 8) need; weights that
+    old exporters (IR 3) listed among the graph inputs are constants, not inputs, from here on."""
+    try:
+        need = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    except Exception:  # noqa: BLE001 - an opset newer than this onnx knows: keep what the model says
+        need = model.ir_version
+    model.ir_version = max(model.ir_version, need, 8)
+    inits = {t.name for t in model.graph.initializer}
+    if any(i.name in inits for i in model.graph.input):
+        keep = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return model

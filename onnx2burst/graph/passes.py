@@ -66,8 +66,9 @@ def canonicalize(model: onnx.ModelProto, *, maxpool: str = "spikes") -> Canonica
     if fixed:
         m = infer_shapes(m)
         changed = fix_batch_reshapes(m, tensor_info(m), fixed)
+        free_batch(m)  # shape inference wrote the fixed batch back into the outputs
         notes.append(f"batch axis made symbolic (was {sorted(fixed)})"
-                     + (f"; Reshape constants rewritten: {', '.join(changed)}" if changed else ""))
+                     + (f"; Reshape/Flatten nodes rewritten: {', '.join(changed)}" if changed else ""))
     if maxpool == "avg":
         done = replace_maxpool(m)
         if done:

@@ -1,7 +1,9 @@
 """Input batches for evaluation and search: arrays, or an ``.npz`` with inputs and labels.
 
 An ``.npz`` holds the input under the model's input name, ``input``, or ``x`` (or as its
-only array), and optionally labels under ``labels``, ``label`` or ``y``.
+only array), and optionally labels under ``labels``, ``label`` or ``y``. It is read as
+calibration files are (``calibration.data.npz_arrays``): no pickles, headers checked, only
+the two arrays used decompressed, within the memory limit.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ class Dataset:
             yield self.x[s:s + batch_size], None if self.labels is None else self.labels[s:s + batch_size]
 
 
-def load_dataset(data, input_name: str | None = None) -> Dataset:
+def load_dataset(data, input_name: str | None = None, max_memory=None) -> Dataset:
     """A Dataset from a Dataset, a ``CalibrationSet`` (one input), an array, an
-    ``(x, labels)`` pair, or an ``.npz`` path."""
+    ``(x, labels)`` pair, or an ``.npz`` path (its arrays within ``max_memory``, see
+    ``onnx2burst.limits``)."""
     if isinstance(data, Dataset):
         return data
     inputs = getattr(data, "inputs", None)
@@ -60,18 +63,22 @@ def load_dataset(data, input_name: str | None = None) -> Dataset:
     path = os.fspath(data)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
+    from ..calibration.data import npz_arrays, npz_headers
+
     with np.load(path, allow_pickle=False) as z:
-        keys = list(z.keys())
+        headers = npz_headers(z, path)  # no array decompressed yet; pickles refused
+        keys = list(headers)
         xk = next((k for k in ((input_name,) if input_name else ()) + _INPUT_KEYS if k in keys), None)
-        arrays = [k for k in keys if z[k].ndim >= 2]
+        arrays = [k for k, h in headers.items() if h is not None and len(h[0]) >= 2]
         if xk is None and len(arrays) == 1:
             xk = arrays[0]
         if xk is None:
             raise ValueError(f"{path}: no input array; expected one of "
                              f"{[input_name] if input_name else []}{list(_INPUT_KEYS)}, found {keys}")
         yk = next((k for k in _LABEL_KEYS if k in keys), None)
-        x = np.ascontiguousarray(z[xk], dtype=np.float32)
-        y = None if yk is None else z[yk].astype(np.int64).reshape(-1)
+        got = npz_arrays(z, path, [xk] + ([yk] if yk else []), max_memory)
+        x = np.ascontiguousarray(got[xk], dtype=np.float32)
+        y = None if yk is None else got[yk].astype(np.int64).reshape(-1)
     if y is not None and y.shape[0] != x.shape[0]:
         raise ValueError(f"{path}: {x.shape[0]} inputs but {y.shape[0]} labels")
     return Dataset(x, y, path)

@@ -58,14 +58,26 @@ def _timed_runs(sess, feed_name, batches, out_names, advance):
 
 def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = None,
              kernel: bool | None = None, limit: int | None = None, e_ac_pj: float = 0.9,
-             e_mac_pj: float = 4.6, progress: bool = False) -> EvalResult:
+             e_mac_pj: float = 4.6, progress: bool = False, max_memory=None) -> EvalResult:
     """Compare an ANN with its SNN on ``data`` (npz path, array, (x, labels) or Dataset).
 
     Returns top-1 of both (with labels), top-1 agreement, the mean symmetric KL, spikes per
     sample per layer, SynOps, the energy estimate against the ANN's MACs, and ms per sample.
+    max_memory: ``ResourceLimitError`` before any session is made when the two models at
+    this batch size (the SNN at T*batch) need more (``onnx2burst.limits``; None: the memory
+    available).
     """
+    from ..limits import MemoryEstimate, enforce, estimate
+
     ann, snn = load_onnx(ann), load_onnx(snn)
-    ds = load_dataset(data, data_input(ann)).limit(limit)
+    try:
+        T = snn_T(snn)
+    except (ValueError, TypeError):
+        T = 1
+    enforce(MemoryEstimate.combined({"ANN": estimate(ann, batch_size=batch_size),
+                                     "SNN": estimate(snn, batch_size=batch_size, T=T)}),
+            max_memory, f"evaluating (batch {batch_size}, T={T})")
+    ds = load_dataset(data, data_input(ann), max_memory).limit(limit)
     if not len(ds):
         raise ValueError("no samples to evaluate")
     em = energy_model(snn)

@@ -234,5 +234,6 @@ def build_snn(canonical: Canonical, analysis: Analysis, params: dict, *, T: int,
 
     outputs, per_t = _output_means(g, idx, analysis, T, opset, per_timestep_output, info)
     topological_sort(g)
+    GraphIndex(g).prune()  # e.g. the min/max constants of a Clip that became a BurstIF
     ops.attach_function(model)
     return SNN(model=model, T=int(T), neurons=spiking, outputs=outputs, per_timestep_outputs=per_t)

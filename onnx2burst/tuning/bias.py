@@ -152,6 +152,9 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
     midx = GraphIndex(model.graph)
     info = tensor_info(infer_shapes(model))
     ranks = {k: (len(v[1]) if v[1] is not None else None) for k, v in info.items()}
+    for n in snn.neurons:  # a BurstIF output has its input's shape (inference may not get through the function)
+        if ranks.get(n.output) is None:
+            ranks[n.output] = ranks.get(n.input)
     outputs = {n.output for n in snn.neurons}
     cuts = articulation_points(model, outputs)
     chosen = set(neurons) if neurons is not None else None

@@ -158,9 +158,12 @@ def activation_stats(canonical: Canonical, analysis: Analysis, data: Calibration
 
 def reference_thresholds(analysis: Analysis, stats: ActivationStats, settings: Mapping[str, tuple[int, float]]) \
         -> dict[str, np.ndarray]:
-    """The first candidate per neuron and channel: ``m_c``, capped at ``m/(psi*tau)`` for Clip(0, m)."""
+    """The first candidate per neuron and channel: ``m_c``, capped at ``m/(psi*tau)`` for Clip(0, m).
+    Only the neurons named in ``settings``."""
     out = {}
     for n in analysis.neurons:
+        if n.name not in settings:
+            continue
         ref = np.asarray(stats.max[n.name], np.float64).copy()
         if n.clip_max is not None:
             psi, tau = settings[n.name]
