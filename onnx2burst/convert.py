@@ -155,6 +155,13 @@ class Converter:
             out[name] = (p, t)
         return out
 
+    def reuse_stats(self, other: "Converter") -> None:
+        """Take ``other``'s pass-1 statistics (they depend on the ANN and the data only, not on
+        T, psi or tau): a sweep over configurations of one model runs pass 1 once."""
+        if other.source_sha256 != self.source_sha256:
+            raise ConfigError("reuse_stats: the two converters hold different models")
+        self._stats = other._stats
+
     def activation_stats(self, data: CalibrationSet, progress=None) -> ActivationStats:
         """Pass 1 (cached per data set)."""
         for seen, stats in self._stats:
