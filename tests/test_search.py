@@ -159,6 +159,8 @@ def test_tune_with_the_converter(tmp_path):
     # BSR alone reuses the thresholds fitted for the table: they must be the same fit
     bsr_only = S.tune(conv, data, ssc=False, psi_max=3, samples=32)
     assert bsr_only.ssc is None and bsr_only.bsr.choice == res.bsr.choice
+    # the SNN tune kept between BSR and SSC is the one BSR alone returns
+    assert res.after_bsr.graph.SerializeToString() == bsr_only.model.graph.SerializeToString()
     fit = conv.fit_thresholds(data, None, bsr_only.settings)
     inits = {t.name: numpy_helper.to_array(t) for t in bsr_only.model.graph.initializer}
     for n in burst_nodes(bsr_only.model):

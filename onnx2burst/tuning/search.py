@@ -593,6 +593,7 @@ class TuneResult:
     measurements: dict[str, Measurement]         # "bsr" (psi table), "ssc" (tau table)
     timings: dict[str, float]
     ssc_start: tuple[dict[str, tuple[int, float]], float | None] | None = None  # settings SSC began from, reference S
+    after_bsr: onnx.ModelProto | None = None     # the SNN after BSR (recalibrated), before SSC
 
     def to_dict(self) -> dict:
         return {"settings": {k: {"psi": p, "tau": t} for k, (p, t) in self.settings.items()},
@@ -652,7 +653,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
     ann = conv.source
     out: dict[str, object] = {"bsr": None, "ssc": None}
     measurements: dict[str, Measurement] = {}
-    ssc_start = None
+    ssc_start = after_bsr = None
     if bsr:
         t = time.perf_counter()
         psis = list(range(1, psi_max + 1))
@@ -668,7 +669,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         # the thresholds for the chosen psi were fitted for the table already (or are the SNN's)
         vth = {k: old[k].vth if p == old[k].psi else provider(k, p) for k, (p, _) in settings.items()}
         t = time.perf_counter()
-        snn = rebuild(conv, data, stats, settings, thresholds=vth, progress=progress)
+        snn = after_bsr = rebuild(conv, data, stats, settings, thresholds=vth, progress=progress)
         timings["bsr rebuild"] = time.perf_counter() - t
     if ssc:
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
@@ -683,7 +684,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         snn = rebuild(conv, data, stats, settings, progress=progress)
         timings["ssc rebuild"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings, ssc_start)
+    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings, ssc_start, after_bsr)
     import json
 
     p = snn.metadata_props.add()
