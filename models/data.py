@@ -113,3 +113,74 @@ def load_fmnist_test_npz(path: str | os.PathLike | None = None):
 def load_fmnist_calib_npz(path: str | os.PathLike | None = None):
     """The stored calibration batch (512 normalised training images)."""
     return load_fmnist_test_npz(path if path is not None else CALIB_NPZ)
+
+
+# ------------------------------------------------------------------ fmnist-dvs
+# Event version of Fashion-MNIST (models/dvs.py, `python -m models.make_dvs`): voxel
+# grids of B=9 time bins x 2 polarities, [N,18,34,34]. The stored counts (uint8) are
+# normalised as x = (count - FMNIST_DVS_MEAN) / FMNIST_DVS_STD; the mean is 0 so that
+# "no event" stays 0; the std is that of all voxel counts of the training events
+# (1.0610 on the 30k recorded training images; their mean is 0.315).
+FMNIST_DVS_MEAN = 0.0
+FMNIST_DVS_STD = 1.061
+FMNIST_DVS_BINS = 9
+FMNIST_DVS_SHAPE = (2 * FMNIST_DVS_BINS, 34, 34)
+DVS_CALIB_NPZ = DATA_DIR / "fmnist_dvs_calib.npz"
+DVS_TEST_NPZ = DATA_DIR / "fmnist_dvs_test.npz"
+DVS_HINT = ("fmnist-dvs events not found: generate them with\n"
+            "    python -m models.make_dvs [--split train|test] [--limit N]\n"
+            "(writes models/cache/fmnist_dvs/<split>.npz; needs dataset-fashion-mnist).")
+
+
+def load_fmnist_dvs_raw(split: str = "train", root=None, return_index: bool = False):
+    """Voxel grids of the cached fmnist-dvs events: ``(counts uint8 [N,18,34,34],
+    labels int64 [N])`` (and the Fashion-MNIST indices with ``return_index``).
+
+    ``root``: folder of ``<split>.npz`` (default ``models/cache/fmnist_dvs``). The voxel
+    grids are cached beside the events as ``<split>_vox9.npz`` and rebuilt when the
+    events file is newer."""
+    from . import dvs
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    ev_path = dvs.events_path(split, root)
+    if not ev_path.is_file():
+        raise DatasetNotFoundError(f"{ev_path} missing.\n{DVS_HINT}")
+    vox_path = ev_path.with_name(f"{split}_vox{FMNIST_DVS_BINS}.npy")
+    lab_path = ev_path.with_name(f"{split}_vox{FMNIST_DVS_BINS}_labels.npz")
+    fresh = (vox_path.is_file() and lab_path.is_file()
+             and vox_path.stat().st_mtime >= ev_path.stat().st_mtime)
+    if fresh:
+        vox = np.load(vox_path, mmap_mode=None, allow_pickle=False)
+        with np.load(lab_path, allow_pickle=False) as z:
+            labels, index = z["labels"].astype(np.int64), z["index"].astype(np.int64)
+    else:
+        events, labels, index = dvs.load_events(ev_path)
+        vox = dvs.voxel_grids(events, FMNIST_DVS_BINS, events.extra["params"].sensor,
+                              0.0, events.extra["params"].duration_us)
+        tmp = vox_path.with_name(vox_path.name + ".tmp.npy")
+        np.save(tmp, vox)
+        tmp.replace(vox_path)
+        np.savez(lab_path, labels=labels, index=index)
+    return (vox, labels, index) if return_index else (vox, labels)
+
+
+def normalize_dvs(counts: np.ndarray) -> np.ndarray:
+    """Voxel counts [N,18,34,34] -> normalised float32 (the models' input)."""
+    x = np.asarray(counts, dtype=np.float32)
+    return (x - np.float32(FMNIST_DVS_MEAN)) / np.float32(FMNIST_DVS_STD)
+
+
+def load_fmnist_dvs(split: str = "train", root=None):
+    """``(x float32 [N,18,34,34] normalised, labels int64 [N])`` from the cached events."""
+    vox, labels = load_fmnist_dvs_raw(split, root)
+    return normalize_dvs(vox), labels
+
+
+def load_fmnist_dvs_npz(path: str | os.PathLike | None = None):
+    """The stored fmnist-dvs test subset (``models/data/fmnist_dvs_test.npz``, or
+    another path such as ``DVS_CALIB_NPZ``): ``(input float32 [N,18,34,34], labels)``."""
+    p = Path(path) if path is not None else DVS_TEST_NPZ
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} missing: run `python -m models.make_dvs --npz`")
+    with np.load(p) as z:
+        return z["input"].astype(np.float32, copy=False), z["labels"].astype(np.int64)

@@ -4,9 +4,10 @@ Example:
     python -m models.train --arch vgg --dataset fmnist --epochs 12
     python -m models.train --arch vgg --pool max --dataset fmnist --epochs 12
     python -m models.train --arch resnet20 --dataset fmnist --epochs 15
+    python -m models.train --arch resnet18 --dataset fmnist-dvs --epochs 5 --threads 1
 
-Writes ``<out>/<name>.onnx`` (opset 17, input ``input`` [N,1,28,28] with a dynamic
-batch axis, output ``logits`` [N,10]) and ``<out>/<name>.json`` (the recipe and the
+Writes ``<out>/<name>.onnx`` (opset 17, input ``input`` [N,1,28,28], or the
+[N,18,34,34] voxel grids for fmnist-dvs, with a dynamic batch axis, output ``logits`` [N,10]) and ``<out>/<name>.json`` (the recipe and the
 test accuracy measured with onnxruntime on the full 10k test set). The torch weights
 go to ``models/cache/<name>.pt`` (not tracked).
 """
@@ -46,10 +47,21 @@ def load_dataset(name: str):
                 "input_shape": [1, *D.FMNIST_SHAPE[1:]]}
         return xtr[:, None], ytr, xte[:, None], yte, meta
     if name == "fmnist-dvs":
-        raise NotImplementedError(
-            "dataset 'fmnist-dvs' is not available yet: there is no event-voxel "
-            "Fashion-MNIST loader in models/data.py (it needs 2B-channel voxel frames, "
-            "B=9 -> 18 channels, see ALGORITHM.md section 9). Use --dataset fmnist.")
+        # voxel grids (B=9 bins x 2 polarities) of the events cached by
+        # `python -m models.make_dvs`; uint8 counts, normalised as (count - mean) / std
+        from . import dvs
+        xtr, ytr = D.load_fmnist_dvs_raw("train")
+        xte, yte = D.load_fmnist_dvs_raw("test")
+        events, _, _ = dvs.load_events(dvs.events_path("train"))
+        info = {"voxel_bins": D.FMNIST_DVS_BINS, "voxel_layout": "channel = p*B + bin (OFF first)",
+                "voxel_window_us": [0, events.extra["params"].duration_us],
+                "simulator": json.loads(events.extra["params"].to_json()),
+                "train_events": events.extra["meta"]}
+        del events
+        meta = {"mean": [D.FMNIST_DVS_MEAN], "std": [D.FMNIST_DVS_STD], "scale": 1.0,
+                "formula": "(voxel_count - mean) / std", "num_classes": 10,
+                "input_shape": list(D.FMNIST_DVS_SHAPE), "info": info}
+        return xtr, ytr, xte, yte, meta
     raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
 
 
@@ -71,8 +83,9 @@ def augment(xb_u8: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
     return xb_u8
 
 
-def to_float(xb_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    x = xb_u8.float().div_(255.0)
+def to_float(xb_u8: torch.Tensor, mean, std, scale=None) -> torch.Tensor:
+    """``(x*scale - mean) / std``; the default scale is 1/255 (pixels)."""
+    x = xb_u8.float().div_(255.0) if scale is None else xb_u8.float().mul_(scale)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (x - m) / s
@@ -83,7 +96,7 @@ def evaluate(model, x_u8, y, meta, bs=1000, channels_last=True):
     model.eval()
     correct = 0
     for i in range(0, len(y), bs):
-        xb = to_float(x_u8[i:i + bs], meta["mean"], meta["std"])
+        xb = to_float(x_u8[i:i + bs], meta["mean"], meta["std"], meta.get("scale"))
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         correct += (model(xb).argmax(1) == y[i:i + bs]).sum().item()
@@ -214,7 +227,8 @@ def main(argv=None):
         tot_loss, correct, seen = 0.0, 0, 0
         for i in range(steps):
             idx = perm[i * args.batch_size:(i + 1) * args.batch_size]
-            xb = to_float(augment(xtr_t[idx], args.pad, gen), meta["mean"], meta["std"])
+            xb = to_float(augment(xtr_t[idx], args.pad, gen), meta["mean"], meta["std"],
+                          meta.get("scale"))
             xb = xb.contiguous(memory_format=torch.channels_last)
             yb = ytr_t[idx]
             logits = model(xb)
@@ -235,7 +249,7 @@ def main(argv=None):
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "args": vars(args)}, CACHE_DIR / f"{name}.pt")
 
-    x_test = to_float(xte_t, meta["mean"], meta["std"]).numpy()
+    x_test = to_float(xte_t, meta["mean"], meta["std"], meta.get("scale")).numpy()
     onnx_path = out / f"{name}.onnx"
     sess, diff, ops = export_onnx(model, onnx_path, meta["input_shape"], x_test[:64],
                                   args.threads)
@@ -250,13 +264,16 @@ def main(argv=None):
         "test_set_size": int(len(yte)), "accuracy_measured_with": "onnxruntime",
         "onnx_vs_torch_max_abs_diff": diff,
         "normalization": {"mean": meta["mean"], "std": meta["std"],
-                          "formula": "(pixel/255 - mean) / std"},
+                          "formula": meta.get("formula", "(pixel/255 - mean) / std")},
+        "train_set_size": int(len(ytr)),
         "input_name": "input", "output_name": "logits",
         "input_shape": ["N", *meta["input_shape"]], "opset": 17,
         "onnx_ops": sorted(set(ops)), "onnx_bytes": onnx_path.stat().st_size,
         "training_seconds": round(train_s, 1), "threads": args.threads,
         "torch_version": torch.__version__, "cpu": platform.processor() or platform.machine(),
     }
+    if "info" in meta:
+        info["dataset_info"] = meta["info"]
     (out / f"{name}.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.2f} MB), "
           f"onnxruntime test accuracy {100 * onnx_acc:.2f}% (10k), max diff {diff:.2e}, "
