@@ -78,3 +78,32 @@ def test_nodes_get_unique_names():
     c = canonicalize(m)
     names = [n.name for n in c.model.graph.node]
     assert all(names) and len(set(names)) == len(names)
+
+
+def test_constant_subgraphs_folded_with_onnx_reference():
+    """A weight computed from constants (Reshape of a Constant, here) becomes an initializer;
+    an Expand to 10^12 elements is left alone, never allocated."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnx2burst.graph.constants import fold_constants
+
+    w = np.arange(2 * 1 * 3 * 3, dtype=np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["wflat"], value=numpy_helper.from_array(w)),
+        helper.make_node("Constant", [], ["wshape"], value=numpy_helper.from_array(np.array([2, 1, 3, 3], np.int64))),
+        helper.make_node("Reshape", ["wflat", "wshape"], ["w"]),
+        helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Constant", [], ["big"], value=numpy_helper.from_array(np.array([10**6, 10**6], np.int64))),
+        helper.make_node("Expand", ["one", "big"], ["huge"]),
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+                          [vi("y", TensorProto.FLOAT, None), vi("huge", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    fold_constants(m, 17)
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    np.testing.assert_array_equal(inits["w"], w.reshape(2, 1, 3, 3))
+    assert "huge" not in inits and any(n.op_type == "Expand" for n in m.graph.node)
+    assert not any(n.op_type == "Reshape" for n in m.graph.node)

@@ -46,9 +46,27 @@ def _eval(node: onnx.NodeProto, inputs: list[np.ndarray], opset: int) -> list[np
     n = helper.make_node(node.op_type, [names[k] if x else "" for k, x in enumerate(node.input)],
                          [f"o{k}" for k in range(len(node.output))], domain=node.domain)
     n.attribute.extend(node.attribute)
-    ev = ReferenceEvaluator(n, opset=opset)
+    ev = ReferenceEvaluator(n, opsets={"": opset})
     feeds = {names[k]: v for k, v in enumerate(inputs) if node.input[k]}
     return ev.run(None, feeds)
+
+
+def _output_too_large(node: onnx.NodeProto, inputs: list) -> bool:
+    """Whether an op that can grow its input (Expand, Tile, Range) would exceed the fold cap,
+    decided from the inputs before anything is allocated."""
+    try:
+        if node.op_type == "Expand":
+            shape = np.broadcast_shapes(tuple(np.shape(inputs[0])), tuple(int(d) for d in inputs[1].reshape(-1)))
+            return float(np.prod(shape, dtype=np.float64)) > _MAX_FOLD_ELEMENTS
+        if node.op_type == "Tile":
+            reps = np.asarray(inputs[1], np.float64).reshape(-1)
+            return float(np.asarray(inputs[0]).size) * float(np.prod(reps)) > _MAX_FOLD_ELEMENTS
+        if node.op_type == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(-1)[0]) for v in inputs[:3])
+            return delta == 0 or (limit - start) / delta > _MAX_FOLD_ELEMENTS
+    except (ValueError, TypeError, IndexError):
+        return True
+    return False
 
 
 def fold_constants(model: onnx.ModelProto, opset: int) -> int:
@@ -73,6 +91,8 @@ def fold_constants(model: onnx.ModelProto, opset: int) -> int:
                 continue
             value = [np.full(shape, fill[0], dtype=fill.dtype)]
         elif node.op_type in _FOLDABLE and node.input and all((not i) or idx.is_const(i) for i in node.input):
+            if _output_too_large(node, [idx.const(i) if i else None for i in node.input]):
+                continue  # never allocate it: onnxruntime (and the memory check) will see it
             try:
                 value = _eval(node, [idx.const(i) if i else None for i in node.input], opset)
             except Exception:  # noqa: BLE001 - leave it to onnxruntime
