@@ -9,6 +9,7 @@ the model run), ``ImageOptions`` (image folders) and per-layer ``LayerConfig`` o
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -33,11 +34,11 @@ def _check_int(name: str, value, lo: int) -> None:
 
 def _check_pos(name: str, value) -> None:
     try:
-        ok = float(value) > 0
+        ok = math.isfinite(float(value)) and float(value) > 0
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ For BSR/SSC (§8) use the stages directly::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -57,6 +58,21 @@ from .tuning.bias import calibrate_biases
 from .tuning.thresholds import ActivationStats, activation_stats, search_thresholds
 
 __all__ = ["convert", "Converter", "ConversionResult", "METADATA_PREFIX"]
+
+
+def _onnxruntime_errors(method):
+    """Report an onnxruntime failure (a model it cannot load or run: a dangling input, an
+    unknown op before the first neuron, weights of the wrong shape) as a ``GraphError``."""
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - only onnxruntime's own errors are translated
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            detail = " ".join(str(e).split())
+            raise GraphError(f"onnxruntime cannot run the model: {detail}") from None
+    return wrapped
 
 METADATA_PREFIX = "onnx2burst."
 
@@ -162,6 +178,7 @@ class Converter:
             raise ConfigError("reuse_stats: the two converters hold different models")
         self._stats = other._stats
 
+    @_onnxruntime_errors
     def activation_stats(self, data: CalibrationSet, progress=None) -> ActivationStats:
         """Pass 1 (cached per data set)."""
         for seen, stats in self._stats:
@@ -173,6 +190,7 @@ class Converter:
         self._stats.append((data, stats))
         return stats
 
+    @_onnxruntime_errors
     def fit_thresholds(self, data: CalibrationSet, stats: ActivationStats | None = None,
                        settings: Mapping | None = None, *, thresholds: ThresholdConfig | None = None,
                        progress=None) -> dict:
@@ -191,6 +209,7 @@ class Converter:
         return build_snn(self.canonical, self.analysis, params, T=T or self.config.T,
                          per_timestep_output=self.config.per_timestep_output, allow_inexact=self.config.allow_inexact)
 
+    @_onnxruntime_errors
     def calibrate(self, snn: SNN, data: CalibrationSet, stats: ActivationStats | None = None, *,
                   neurons=None, progress=None):
         """Bias calibration (§5): returns ``tuning.bias.BiasCalibration`` (``.model``, ``.deltas``)."""
@@ -229,6 +248,7 @@ class Converter:
         model.producer_version = __version__
         return model
 
+    @_onnxruntime_errors
     def run(self, calib, progress=None) -> ConversionResult:
         """All stages on ``calib`` (anything ``load_data`` reads, or a ``CalibrationSet``)."""
         progress = progress or NullProgress()

@@ -20,7 +20,7 @@ and refuse (``ResourceLimitError``, with the numbers) before anything is run or 
   cache        the bias calibration's spike cache: ``min(cache_mb, T x samples x the
                largest kept tensor's per-sample elements)`` bytes.
 
-  Symbolic or unknown dims are taken as the batch. The two runs do not overlap, so the
+  A symbolic or unknown leading dim is taken as the batch, any other as 1. The two runs do not overlap, so the
   larger counts.
 - ``enforce(estimate, max_memory, what)``: raise when ``estimate.total`` exceeds the limit,
   naming the parts and the largest tensors.
@@ -99,11 +99,16 @@ def _itemsize(elem_type: int) -> int:
 
 
 def _resolve(dims, batch: int) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) and d >= 0 else batch for d in dims)
+    """Known dims as they are; an unknown leading dim is the batch, any other unknown dim 1.
+
+    (Treating every unknown dim as the batch turned a 5-D channel-shuffle Reshape that shape
+    inference cannot resolve into 16 TiB and refused ShuffleNet; an unknown inner dim is a
+    lower bound, and the real sizes are bounded again when the data is read.)"""
+    return tuple(d if isinstance(d, int) and d >= 0 else (batch if i == 0 else 1) for i, d in enumerate(dims))
 
 
 def tensor_bytes(elem_type: int, dims, batch: int = 1) -> int:
-    """Bytes of a tensor whose dims are ints, symbols or None (symbols/None -> ``batch``)."""
+    """Bytes of a tensor whose dims are ints, symbols or None (a leading symbol -> ``batch``)."""
     if dims is None:
         return 0
     return math.prod(_resolve(dims, batch)) * _itemsize(elem_type)

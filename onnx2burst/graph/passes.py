@@ -75,4 +75,18 @@ def canonicalize(model: onnx.ModelProto, *, maxpool: str = "spikes") -> Canonica
             notes.append(f"MaxPool replaced by AveragePool (--maxpool avg): {', '.join(done)}")
     cleanup(m)
     m = infer_shapes(m)
+    _check_valid(m)
     return Canonical(model=m, info=tensor_info(m), opset=opset, notes=notes)
+
+
+def _check_valid(m: onnx.ModelProto) -> None:
+    """onnx's checker on the canonical graph (sorted, constants folded): a dangling input, an
+    op onnx does not know, a bad attribute are reported here, by node, not by onnxruntime
+    halfway through the calibration."""
+    try:
+        onnx.checker.check_model(m)
+    except onnx.checker.ValidationError as e:
+        detail = " ".join(str(e).split())
+        raise GraphError(f"the model is not a valid ONNX graph: {detail[:400]}") from None
+    except ValueError:  # over 2 GB: onnx cannot check it in memory; onnxruntime will
+        pass
