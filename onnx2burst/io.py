@@ -183,6 +183,8 @@ def check_output(path: str | os.PathLike, source: str | os.PathLike | None = Non
         raise ModelSaveError(f"output {path} is a folder; give a file name")
     if not folder.is_dir():
         raise ModelSaveError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ModelSaveError(f"cannot write {path}: folder {folder} is not writable")
     if source is not None:
         src = Path(source)
         if _same_file(path, src) or os.path.abspath(path) == os.path.abspath(src):
