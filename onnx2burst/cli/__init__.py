@@ -20,6 +20,13 @@ COMMANDS = {
 
 
 class _LazyGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)  # 128 + SIGINT, as shells report it
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
