@@ -127,7 +127,9 @@ def test_errors(setup):
 def test_parse_grid():
     assert S.parse_grid("1:10:0.5") == S.DEFAULT_TAUS and len(S.DEFAULT_TAUS) == 19
     assert S.parse_grid("2, 1,1.5") == (1.0, 1.5, 2.0)
-    for bad in ("1:0:1", "a,b", "0,1", "1:2:0"):
+    fine = S.parse_grid("1:2:0.25,3:4:0.5, 7")
+    assert fine == (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5, 4.0, 7.0)
+    for bad in ("1:0:1", "a,b", "0,1", "1:2:0", "1:2:0.5,x", ""):
         with pytest.raises(ConfigError):
             S.parse_grid(bad)
 

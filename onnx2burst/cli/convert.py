@@ -28,7 +28,8 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--ssc", is_flag=True, help="Sensitivity Spike Compression: per-layer tau under r x the sensitivity at tau=1 (§8).")
 @click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="--ssc sensitivity budget ratio.")
-@click.option("--tau-grid", default="1:10:0.5", show_default=True, help="--ssc tau candidates, start:stop:step.")
+@click.option("--tau-grid", default="1:10:0.5", show_default=True,
+              help="--ssc tau candidates: start:stop:step, a comma list, or both (1:3:0.1,3.5:10:0.5: finer near 1).")
 @click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
               help="Energy measure of the search.")
 @click.option("--search-samples", type=click.IntRange(1), default=256, show_default=True,

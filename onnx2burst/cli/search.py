@@ -25,7 +25,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--ratio", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="BSR budget = ratio * sum_i E_i(psi-target).")
 @click.option("--taus", default="1:10:0.5", show_default=True,
-              help="SSC candidates: start:stop:step or a comma list (must hold 1.0).")
+              help="SSC candidates: start:stop:step, a comma list, or both, e.g. 1:3:0.1,3.5:10:0.5 (must hold 1.0).")
 @click.option("--r", "r", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="SSC budget = r * sum_i S_i(tau=1).")
 @click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,

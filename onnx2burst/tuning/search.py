@@ -55,19 +55,24 @@ VthProvider = Callable[[str, int], np.ndarray]
 
 
 def parse_grid(spec: str) -> tuple[float, ...]:
-    """``"1:10:0.5"`` (start:stop:step, stop included) or ``"1,1.5,3"`` -> sorted unique values."""
-    spec = spec.strip()
+    """``"1:10:0.5"`` (start:stop:step, stop included), ``"1,1.5,3"``, or a comma list mixing
+    both (``"1:3:0.1,3.5:10:0.5"``) -> sorted unique values."""
+    vals: list[float] = []
     try:
-        if ":" in spec:
-            a, b, s = (float(v) for v in spec.split(":"))
-            if s <= 0 or b < a:
-                raise ValueError
-            n = int(math.floor((b - a) / s + 1e-9)) + 1
-            vals = [round(a + i * s, 10) for i in range(n)]
-        else:
-            vals = [float(v) for v in spec.split(",") if v.strip()]
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            if ":" in part:
+                a, b, s = (float(v) for v in part.split(":"))
+                if s <= 0 or b < a:
+                    raise ValueError
+                n = int(math.floor((b - a) / s + 1e-9)) + 1
+                vals += [round(a + i * s, 10) for i in range(n)]
+            else:
+                vals.append(float(part))
     except ValueError:
-        raise ConfigError(f"grid {spec!r}: expected start:stop:step (e.g. 1:10:0.5) or a comma list") from None
+        raise ConfigError(f"grid {spec!r}: expected start:stop:step (e.g. 1:10:0.5), a comma list, "
+                          "or both (1:3:0.1,3.5:10:0.5)") from None
     if not vals or any(not v > 0 for v in vals):
         raise ConfigError(f"grid {spec!r}: values must be > 0")
     return tuple(sorted(set(vals)))
