@@ -23,6 +23,7 @@ def main(argv=None):
     ap.add_argument("--Ts", default="8,4")
     ap.add_argument("--limit", type=int, default=10000)
     ap.add_argument("--search-samples", type=int, default=256)
+    ap.add_argument("--taus", default="1:10:0.5", help="SSC tau grid, e.g. 1:3:0.1,3.5:10:0.5")
     ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
@@ -48,7 +49,8 @@ def main(argv=None):
             want = args.configs.split(",")
             if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                 t0 = time.perf_counter()
-                res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples)
+                res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples,
+                             taus=S.parse_grid(args.taus))
                 secs = time.perf_counter() - t0
                 t_bsr = sum(v for k, v in res.timings.items() if k.startswith("bsr"))
                 if "+BSR" in want:
@@ -56,7 +58,8 @@ def main(argv=None):
                 both = (res.model, secs)
             if "+SSC" in want:
                 t0 = time.perf_counter()
-                res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples)
+                res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples,
+                             taus=S.parse_grid(args.taus))
                 rows["+SSC"] = (res.model, time.perf_counter() - t0)
             if "+BSR+SSC" in want:
                 rows["+BSR+SSC"] = both
@@ -71,7 +74,7 @@ def main(argv=None):
                 lines.append(line)
     text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
             f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
-            "BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau 1:10:0.5.\n\n" + "\n".join(lines) + "\n")
+            f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}.\n\n" + "\n".join(lines) + "\n")
     Path(args.out).write_text(text)
     print(text)
 
