@@ -345,15 +345,13 @@ def load(model) -> OnnxModule:
 
 
 def _example_inputs(model: onnx.ModelProto, batch: int = 2):
-    inits = {i.name for i in model.graph.initializer}
+    """One constant tensor per graph input (unknown dims -> ``batch``), for tracing."""
+    from .calibration.data import input_specs
+
     out = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch for d in tt.shape.dim]
-        dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        out.append(torch.from_numpy(np.zeros(dims, dtype=dt) + np.array(0.5, dtype=dt)))
+    for spec in input_specs(model):
+        dims = [d if isinstance(d, int) and d > 0 else batch for d in (spec.shape or ())]
+        out.append(torch.from_numpy(np.full(dims, 0.5, dtype=spec.dtype)))
     return tuple(out)
 
 

@@ -510,12 +510,12 @@ def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.
 
 
 def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
-               reference_tau: float = 1.0, reference_S: float | None = None) -> SearchChoice:
+               reference_tau: float = 1.0) -> SearchChoice:
     """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1).
 
-    reference_S: when given, the budget is ``r * max(L * reference_S, sum_i S_i(1))`` -- each
-    layer's S_i(1) replaced by the sensitivity of a reference SNN where that is larger. :func:`tune` passes the uniform-psi
-    SNN's when SSC follows BSR, so that SSC may spend the sensitivity BSR saved.
+    (After BSR the budget is still that of the SNN SSC starts from. Budgeting against the
+    uniform-psi SNN's sensitivity instead, to spend what BSR saved, was measured too loose:
+    ResNet-20 T=4 BSR+SSC 87.87 % at 0.37x spikes against BS 92.30 %.)
     """
     if table.kind != "tau":
         raise ConfigError(f"SSC needs the tau table, got {table.kind}")
@@ -524,12 +524,7 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
     t = time.perf_counter()
     E = table.energy(energy)
     j = table.column(reference_tau)
-    if reference_S is None:
-        budget, rule = r * float(table.S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
-    else:
-        own = float(table.S[:, j].sum())
-        budget = r * max(len(table.layers) * float(reference_S), own)
-        rule = f"{r:g} * max(L * S(uniform-psi SNN), sum_i S_i(tau={reference_tau:g}))"
+    budget, rule = r * float(table.S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
     res = pareto_select(table.S, E, budget, [list(table.candidates)] * len(table.layers))
     full = pareto_select(table.S, E, float(table.S.max(axis=1).sum())).frontier
     return SearchChoice(
@@ -597,7 +592,7 @@ class TuneResult:
     ssc: SearchChoice | None
     measurements: dict[str, Measurement]         # "bsr" (psi table), "ssc" (tau table)
     timings: dict[str, float]
-    ssc_start: tuple[dict[str, tuple[int, float]], float | None] | None = None  # settings SSC began from, reference S
+    ssc_start: dict[str, tuple[int, float]] | None = None  # the settings SSC began from
     after_bsr: onnx.ModelProto | None = None     # the SNN after BSR (recalibrated), before SSC
 
     def to_dict(self) -> dict:
@@ -679,12 +674,8 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
     if ssc:
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
         measurements["ssc"] = m
-        # The paper's budget, r * sum_i S_i(1) of the SNN SSC starts from. (Budgeting against the
-        # uniform-psi SNN's S instead, to spend what BSR saved, was measured too loose:
-        # ResNet-20 T=4 BSR+SSC 87.87 % at 0.37x spikes against BS 92.30 %.)
-        ref = None
-        ssc_start = (dict(settings), ref)
-        c = choose_ssc(m.tau, r=r, energy=energy, reference_S=ref)
+        ssc_start = dict(settings)
+        c = choose_ssc(m.tau, r=r, energy=energy)
         out["ssc"] = c
         timings["ssc measure"] = m.timings["total"]
         settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
@@ -731,7 +722,7 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
 
     if res.ssc_start is None or "ssc" not in res.measurements:
         raise ConfigError("an r sweep needs the SSC table: run the search with SSC")
-    start, ref = res.ssc_start
+    start = res.ssc_start
     table = res.measurements["ssc"].tau
     stats = conv.activation_stats(data, progress)
     out = []
@@ -739,7 +730,7 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
         settings, feasible = dict(start), True
         if r is not None:
             try:
-                choice = choose_ssc(table, r=r, energy=energy, reference_S=ref).choice
+                choice = choose_ssc(table, r=r, energy=energy).choice
             except InfeasibleBudgetError:  # below every configuration: the least sensitive one
                 feasible = False
                 choice = {name: float(table.candidates[int(np.argmin(table.S[i]))]) for i, name in enumerate(table.layers)}
