@@ -5,7 +5,7 @@
 // The clip is written as two selects, (q > 0 ? q : 0) then (q > psi ? psi : q), so that a
 // NaN membrane gives no spike (Y = 0) in all three implementations alike.
 //
-// Work split: each sample's C*K neurons are cut into tiles; ORT's intra-op pool runs the
+// Work split: each sample's C*K neurons are cut into equal tiles; ORT's intra-op pool runs the
 // tiles in parallel; inside a tile the loop over T is sequential and the loop over neurons
 // is contiguous and vectorised.
 #include "burst_if.h"
@@ -41,7 +41,7 @@ struct Job {
   const float* theta;   // per channel, safe (1 where the channel never fires)
   const float* offset;  // theta / (2T)
   const float* psi_c;   // psi per channel, 0 where theta <= 0 (the channel never fires)
-  int64_t T, N, C, K, P, M, tiles_per_sample;
+  int64_t T, N, C, K, P, M, tile, tiles_per_sample;
   int64_t B;  // channel block of the NCHWc layout, 1 for plain NCHW
 };
 
@@ -84,6 +84,41 @@ int32_t StepOneChannel(const float* __restrict xt, float* __restrict yt, float* 
   return count;
 }
 
+// The same step in the blocked NCHWc layout with a compile-time block BL: a run of K*BL
+// neurons shares one channel block, and lane l of every BL-group is channel cb*BL + l, so the
+// parameters are BL-wide vectors loaded once per run. p0 and len are multiples of BL.
+template <int BL>
+__attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
+int32_t StepBlocked(const Job& j, const float* __restrict xt, float* __restrict yt, float* __restrict u,
+                    int64_t p0, int64_t len) {
+  int32_t count = 0;
+  const int64_t run = j.K * BL;
+  for (int64_t i = 0; i < len;) {
+    const int64_t p = p0 + i;
+    const int64_t c = (p / run) * BL;  // first channel of this block
+    const int64_t end = std::min(len, i + (run - p % run));
+    float th[BL], off[BL], ps[BL];
+    for (int l = 0; l < BL; ++l) {
+      th[l] = j.theta[c + l];
+      off[l] = j.offset[c + l];
+      ps[l] = j.psi_c[c + l];
+    }
+    for (; i < end; i += BL) {
+      for (int l = 0; l < BL; ++l) {
+        const float u1 = (u[i + l] + xt[i + l]) + off[l];
+        float s = std::floor(u1 / th[l]);
+        s = s > 0.f ? s : 0.f;
+        s = s > ps[l] ? ps[l] : s;
+        const float st = s * th[l];
+        u[i + l] = u1 - st;
+        yt[i + l] = st;
+        count += static_cast<int32_t>(s);
+      }
+    }
+  }
+  return count;
+}
+
 // One tile: neurons [p0, p1) of sample n, over all T steps.
 void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
              float* psi_n) {
@@ -91,7 +126,14 @@ void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* t
   std::fill(u, u + len, 0.f);
   int64_t total = 0;
   const int64_t c0 = (p0 / j.K) % j.C, k0 = p0 % j.K;  // channel and position of neuron p0
-  if (j.B > 1) {  // blocked NCHWc: channel = (p / (K*B)) * B + p % B
+  if (j.B == 16 || j.B == 8 || j.B == 4) {  // the blocks onnxruntime uses (AVX-512, AVX2, NEON)
+    for (int64_t t = 0; t < j.T; ++t) {
+      const int64_t base = t * j.M + n * j.P + p0;
+      if (j.B == 16) total += StepBlocked<16>(j, j.x + base, j.y + base, u, p0, len);
+      else if (j.B == 8) total += StepBlocked<8>(j, j.x + base, j.y + base, u, p0, len);
+      else total += StepBlocked<4>(j, j.x + base, j.y + base, u, p0, len);
+    }
+  } else if (j.B > 1) {  // another block: channel = (p / (K*B)) * B + p % B, per-neuron copies
     const int64_t kb = j.K * j.B;
     for (int64_t i = 0; i < len; ++i) {
       const int64_t p = p0 + i;
@@ -133,14 +175,14 @@ void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* t
       total += StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, len);
     }
   }
-  if (j.partial) j.partial[n * j.tiles_per_sample + (p0 / kTile)] = total;
+  if (j.partial) j.partial[n * j.tiles_per_sample + (p0 / j.tile)] = total;
 }
 
 void RunTask(void* data, size_t task) {
   const Job& j = *static_cast<const Job*>(data);
   const int64_t n = static_cast<int64_t>(task) / j.tiles_per_sample;
-  const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * kTile;
-  const int64_t p1 = std::min(p0 + kTile, j.P);
+  const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * j.tile;
+  const int64_t p1 = std::min(p0 + j.tile, j.P);
   alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
   RunTile(j, n, p0, p1, u, th, off, psi_n);
 }
@@ -250,7 +292,11 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.P = C * K;
     job.M = N * job.P;
     job.B = block_;
+    // Equal tiles of at most kTile neurons, each a multiple of 64 (whole NCHWc blocks), so
+    // that no thread is left with a short remainder tile.
     job.tiles_per_sample = (job.P + kTile - 1) / kTile;
+    job.tile = ((job.P + job.tiles_per_sample - 1) / job.tiles_per_sample + 63) / 64 * 64;
+    job.tiles_per_sample = (job.P + job.tile - 1) / job.tile;
     std::vector<int64_t> partial;
     if (spikes) {
       partial.assign(static_cast<size_t>(N * job.tiles_per_sample), 0);

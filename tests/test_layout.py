@@ -33,7 +33,7 @@ def _blocked_model(T, psi, tau, b):
     return m
 
 
-@pytest.mark.parametrize("b", [4, 8, 16])
+@pytest.mark.parametrize("b", [2, 4, 8, 16])  # 4/8/16: the vectorised blocks; 2: the generic path
 @pytest.mark.parametrize("T,psi,tau,hw", [(4, 2, 1.0, (5, 3)), (8, 4, 1.7, (7, 7)), (1, 1, 0.5, (1, 1)),
                                           (3, 8, 4.0, (40, 45))])
 def test_channel_block_matches_reference(b, T, psi, tau, hw):
