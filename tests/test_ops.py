@@ -144,6 +144,13 @@ def test_threads_and_optimization_levels(threads, opt, kernel):
     assert_same(s, ks, "spikes")
 
 
+def test_spinning_off_reaches_the_session_options():
+    assert ops.session_options(kernel=False, spinning=False).get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    with pytest.raises(Exception):  # not set: onnxruntime spins by default
+        ops.session_options(kernel=False).get_session_config_entry("session.intra_op.allow_spinning")
+
+
 @needs_kernel
 def test_kernel_is_used_when_registered():
     """With the library registered the node runs as the custom kernel, not the inlined function."""

@@ -153,7 +153,8 @@ def _probe_feeds(sess, batch: int, seed: int = 0):
     return feeds
 
 
-def blocked_session(model, *, threads: int | None = None, providers=None, probe_batch: int = 2):
+def blocked_session(model, *, threads: int | None = None, providers=None, probe_batch: int = 2,
+                    spinning: bool = True):
     """An InferenceSession for the SNN ``model`` with its neurons in the NCHWc layout.
 
     Returns ``(session, moved)``: ``moved`` BurstIF nodes run blocked; 0 means the ordinary
@@ -166,7 +167,7 @@ def blocked_session(model, *, threads: int | None = None, providers=None, probe_
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     providers = providers or ["CPUExecutionProvider"]
     with tempfile.TemporaryDirectory(prefix="onnx2burst_nchwc_") as tmp:
-        so = session_options(kernel=True, threads=threads, optimization="all")
+        so = session_options(kernel=True, threads=threads, optimization="all", spinning=spinning)
         so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         so.log_severity_level = 3  # the "hardware specific" warning: we never save it
         plain = ort.InferenceSession(data, so, providers=providers)
@@ -174,7 +175,7 @@ def blocked_session(model, *, threads: int | None = None, providers=None, probe_
     rewritten, moved = rewrite_blocked(optimized, nchwc_block_size())
     if not moved:
         return plain, 0
-    so = session_options(kernel=True, threads=threads, optimization="disable")
+    so = session_options(kernel=True, threads=threads, optimization="disable", spinning=spinning)
     try:
         fast = ort.InferenceSession(rewritten.SerializeToString(), so, providers=providers)
         feeds = _probe_feeds(plain, probe_batch)

@@ -63,13 +63,14 @@ def kernel_status() -> tuple[bool, str]:
 
 
 def session_options(*, kernel: bool | None = None, threads: int | None = None,
-                    optimization: "str | int | None" = None):
+                    optimization: "str | int | None" = None, spinning: bool = True):
     """onnxruntime.SessionOptions with the BurstIF kernel registered.
 
     kernel: True = require it (error if missing), False = never register it (the standard-op
     fallback runs), None = register it when available. threads: intra-op threads (None: ORT's
     default). optimization: an ``onnxruntime.GraphOptimizationLevel`` or its name
-    ("disable", "basic", "extended", "all").
+    ("disable", "basic", "extended", "all"). spinning=False: idle intra-op threads sleep
+    instead of spinning (for benchmarks that interleave several sessions on few cores).
     """
     import onnxruntime as ort
 
@@ -86,6 +87,8 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
                 "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             }[optimization]
         so.graph_optimization_level = optimization
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if kernel is None:
         kernel = kernel_available()
     if kernel:
@@ -97,7 +100,7 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
 
 
 def make_session(model, *, kernel: bool | None = None, threads: int | None = None,
-                 optimization=None, providers=None, layout: str = "auto"):
+                 optimization=None, providers=None, layout: str = "auto", spinning: bool = True):
     """An onnxruntime.InferenceSession for ``model`` (ModelProto, bytes or path), kernel per ``kernel``.
 
     layout: "auto" (default) runs the neurons in onnxruntime's blocked NCHWc layout when that
@@ -115,8 +118,8 @@ def make_session(model, *, kernel: bool | None = None, threads: int | None = Non
             and list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"] and _has_burstif(model)):
         from .layout import blocked_session
 
-        return blocked_session(model, threads=threads, providers=providers)[0]
-    so = session_options(kernel=kernel, threads=threads, optimization=optimization)
+        return blocked_session(model, threads=threads, providers=providers, spinning=spinning)[0]
+    so = session_options(kernel=kernel, threads=threads, optimization=optimization, spinning=spinning)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
