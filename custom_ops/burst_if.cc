@@ -36,43 +36,55 @@ OrtStatusPtr Fail(const std::string& name, const std::string& msg) {
 
 struct Job {
   const float* x;
+  const float* r;  // the optional addend R (X's shape), or nullptr
   float* y;
   int64_t* partial;  // per tile spike count, or nullptr
   const float* theta;   // per channel, safe (1 where the channel never fires)
   const float* offset;  // theta / (2T)
   const float* psi_c;   // psi per channel, 0 where theta <= 0 (the channel never fires)
   int64_t T, N, C, K, P, M, tile, tiles_per_sample;
-  int64_t B;  // channel block of the NCHWc layout, 1 for plain NCHW
+  int64_t B;        // channel block of the NCHWc layout, 1 for plain NCHW
+  int64_t x_step;   // X's stride between timesteps: M, or 0 when X holds one step for all T
 };
+
+// The input of one neuron at one step: X[t], or fl(X[t] + R[t]) -- exactly what a separate
+// Add node feeding BurstIF computes, so a fused addend changes no bit.
+template <bool ADD>
+inline __attribute__((always_inline)) float In(const float* __restrict xt, const float* __restrict rt, int64_t i) {
+  if constexpr (ADD) return xt[i] + rt[i];
+  else return xt[i];
+}
 
 // One timestep over contiguous neurons with per-neuron theta (Gemm-like layers, K small).
 // Every pointer is distinct, so it vectorises. psi_n is psi, or 0 where theta <= 0 (never fires).
 // Returns the number of spikes (an integer reduction, which vectorises).
+template <bool ADD>
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-int32_t StepPerNeuron(const float* __restrict xt, float* __restrict yt, float* __restrict u,
-                      const float* __restrict th, const float* __restrict off,
+int32_t StepPerNeuron(const float* __restrict xt, const float* __restrict rt, float* __restrict yt,
+                      float* __restrict u, const float* __restrict th, const float* __restrict off,
                       const float* __restrict psi_n, int64_t len) {
   int32_t count = 0;
   for (int64_t i = 0; i < len; ++i) {
-    const float u1 = (u[i] + xt[i]) + off[i];  // u = u + X[t] + theta/(2T)
-    float s = std::floor(u1 / th[i]);          // floor(u / theta)
-    s = s > 0.f ? s : 0.f;                     // clip to [0, psi]; NaN -> 0
+    const float u1 = (u[i] + In<ADD>(xt, rt, i)) + off[i];  // u = u + X[t] + theta/(2T)
+    float s = std::floor(u1 / th[i]);                        // floor(u / theta)
+    s = s > 0.f ? s : 0.f;                                   // clip to [0, psi]; NaN -> 0
     s = s > psi_n[i] ? psi_n[i] : s;
     const float st = s * th[i];
-    u[i] = u1 - st;                            // reset by subtraction
-    yt[i] = st;                                // Y[t] = s * theta
-    count += static_cast<int32_t>(s);          // exact: 0 <= s <= psi
+    u[i] = u1 - st;                    // reset by subtraction
+    yt[i] = st;                        // Y[t] = s * theta
+    count += static_cast<int32_t>(s);  // exact: 0 <= s <= psi
   }
   return count;
 }
 
 // The same step over a run of neurons of one channel (Conv-like layers): theta is a scalar.
+template <bool ADD>
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-int32_t StepOneChannel(const float* __restrict xt, float* __restrict yt, float* __restrict u,
-                       float th, float off, float psi, int64_t len) {
+int32_t StepOneChannel(const float* __restrict xt, const float* __restrict rt, float* __restrict yt,
+                       float* __restrict u, float th, float off, float psi, int64_t len) {
   int32_t count = 0;
   for (int64_t i = 0; i < len; ++i) {
-    const float u1 = (u[i] + xt[i]) + off;
+    const float u1 = (u[i] + In<ADD>(xt, rt, i)) + off;
     float s = std::floor(u1 / th);
     s = s > 0.f ? s : 0.f;
     s = s > psi ? psi : s;
@@ -87,10 +99,10 @@ int32_t StepOneChannel(const float* __restrict xt, float* __restrict yt, float* 
 // The same step in the blocked NCHWc layout with a compile-time block BL: a run of K*BL
 // neurons shares one channel block, and lane l of every BL-group is channel cb*BL + l, so the
 // parameters are BL-wide vectors loaded once per run. p0 and len are multiples of BL.
-template <int BL>
+template <int BL, bool ADD>
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-int32_t StepBlocked(const Job& j, const float* __restrict xt, float* __restrict yt, float* __restrict u,
-                    int64_t p0, int64_t len) {
+int32_t StepBlocked(const Job& j, const float* __restrict xt, const float* __restrict rt,
+                    float* __restrict yt, float* __restrict u, int64_t p0, int64_t len) {
   int32_t count = 0;
   const int64_t run = j.K * BL;
   for (int64_t i = 0; i < len;) {
@@ -105,7 +117,7 @@ int32_t StepBlocked(const Job& j, const float* __restrict xt, float* __restrict 
     }
     for (; i < end; i += BL) {
       for (int l = 0; l < BL; ++l) {
-        const float u1 = (u[i + l] + xt[i + l]) + off[l];
+        const float u1 = (u[i + l] + In<ADD>(xt, rt, i + l)) + off[l];
         float s = std::floor(u1 / th[l]);
         s = s > 0.f ? s : 0.f;
         s = s > ps[l] ? ps[l] : s;
@@ -120,71 +132,63 @@ int32_t StepBlocked(const Job& j, const float* __restrict xt, float* __restrict 
 }
 
 // One tile: neurons [p0, p1) of sample n, over all T steps.
-void RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
-             float* psi_n) {
+template <bool ADD>
+int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
+                float* psi_n) {
   const int64_t len = p1 - p0;
   std::fill(u, u + len, 0.f);
   int64_t total = 0;
-  const int64_t c0 = (p0 / j.K) % j.C, k0 = p0 % j.K;  // channel and position of neuron p0
+  const int64_t first = n * j.P + p0;
+  // pointers of step t: X (maybe one step for all T), R and Y
+  auto xt = [&](int64_t t) { return j.x + t * j.x_step + first; };
+  auto rt = [&](int64_t t) { return ADD ? j.r + t * j.M + first : nullptr; };
+  auto yt = [&](int64_t t) { return j.y + t * j.M + first; };
   if (j.B == 16 || j.B == 8 || j.B == 4) {  // the blocks onnxruntime uses (AVX-512, AVX2, NEON)
     for (int64_t t = 0; t < j.T; ++t) {
-      const int64_t base = t * j.M + n * j.P + p0;
-      if (j.B == 16) total += StepBlocked<16>(j, j.x + base, j.y + base, u, p0, len);
-      else if (j.B == 8) total += StepBlocked<8>(j, j.x + base, j.y + base, u, p0, len);
-      else total += StepBlocked<4>(j, j.x + base, j.y + base, u, p0, len);
+      if (j.B == 16) total += StepBlocked<16, ADD>(j, xt(t), rt(t), yt(t), u, p0, len);
+      else if (j.B == 8) total += StepBlocked<8, ADD>(j, xt(t), rt(t), yt(t), u, p0, len);
+      else total += StepBlocked<4, ADD>(j, xt(t), rt(t), yt(t), u, p0, len);
     }
-  } else if (j.B > 1) {  // another block: channel = (p / (K*B)) * B + p % B, per-neuron copies
-    const int64_t kb = j.K * j.B;
-    for (int64_t i = 0; i < len; ++i) {
-      const int64_t p = p0 + i;
-      const int64_t c = (p / kb) * j.B + p % j.B;
-      th[i] = j.theta[c];
-      off[i] = j.offset[c];
-      psi_n[i] = j.psi_c[c];
-    }
+    return total;
+  }
+  if (j.K >= 16 && j.B == 1) {  // runs of one channel
     for (int64_t t = 0; t < j.T; ++t) {
-      const int64_t base = t * j.M + n * j.P + p0;
-      total += StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, len);
-    }
-  } else if (j.K >= 16) {
-    for (int64_t t = 0; t < j.T; ++t) {
-      const int64_t base = t * j.M + n * j.P + p0;
-      int64_t c = c0, i = 0, run = j.K - k0;
+      int64_t c = (p0 / j.K) % j.C, i = 0, run = j.K - p0 % j.K;  // channel of neuron p0, its run
+      const float* r = rt(t);
       while (i < len) {
         const int64_t m = std::min(run, len - i);
-        total += StepOneChannel(j.x + base + i, j.y + base + i, u + i, j.theta[c], j.offset[c],
-                                j.psi_c[c], m);
+        total += StepOneChannel<ADD>(xt(t) + i, ADD ? r + i : nullptr, yt(t) + i, u + i, j.theta[c],
+                                     j.offset[c], j.psi_c[c], m);
         i += m;
         run = j.K;
         if (++c == j.C) c = 0;
       }
     }
-  } else {
-    int64_t c = c0, k = k0;
-    for (int64_t i = 0; i < len; ++i) {
-      th[i] = j.theta[c];
-      off[i] = j.offset[c];
-      psi_n[i] = j.psi_c[c];
-      if (++k == j.K) {
-        k = 0;
-        if (++c == j.C) c = 0;
-      }
-    }
-    for (int64_t t = 0; t < j.T; ++t) {
-      const int64_t base = t * j.M + n * j.P + p0;
-      total += StepPerNeuron(j.x + base, j.y + base, u, th, off, psi_n, len);
-    }
+    return total;
   }
-  if (j.partial) j.partial[n * j.tiles_per_sample + (p0 / j.tile)] = total;
+  // per-neuron copies of the parameters: small K, or another channel block
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t p = p0 + i;
+    const int64_t c = j.B > 1 ? (p / (j.K * j.B)) * j.B + p % j.B : (p / j.K) % j.C;
+    th[i] = j.theta[c];
+    off[i] = j.offset[c];
+    psi_n[i] = j.psi_c[c];
+  }
+  for (int64_t t = 0; t < j.T; ++t)
+    total += StepPerNeuron<ADD>(xt(t), rt(t), yt(t), u, th, off, psi_n, len);
+  return total;
 }
 
 void RunTask(void* data, size_t task) {
   const Job& j = *static_cast<const Job*>(data);
   const int64_t n = static_cast<int64_t>(task) / j.tiles_per_sample;
-  const int64_t p0 = (static_cast<int64_t>(task) % j.tiles_per_sample) * j.tile;
+  const int64_t q = static_cast<int64_t>(task) % j.tiles_per_sample;
+  const int64_t p0 = q * j.tile;
   const int64_t p1 = std::min(p0 + j.tile, j.P);
   alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
-  RunTile(j, n, p0, p1, u, th, off, psi_n);
+  const int64_t total = j.r ? RunTile<true>(j, n, p0, p1, u, th, off, psi_n)
+                            : RunTile<false>(j, n, p0, p1, u, th, off, psi_n);
+  if (j.partial) j.partial[task] = total;
 }
 
 }  // namespace
@@ -225,7 +229,14 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
   }
   if (block < 1 || block > 64)
     return Fail(name, "attribute channel_block must be in 1..64, got " + std::to_string(block));
-  *op_kernel = new BurstIFKernel(T, psi, tau, block, name);
+  int64_t once = 0;
+  if (OrtStatus* st = api.KernelInfoGetAttribute_int64(info, "time_broadcast", &once)) {
+    api.ReleaseStatus(st);  // absent: X holds all T steps
+    once = 0;
+  }
+  if (once != 0 && once != 1)
+    return Fail(name, "attribute time_broadcast must be 0 or 1, got " + std::to_string(once));
+  *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name);
   return nullptr;
 }
 
@@ -245,9 +256,11 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       return Fail(name_, "X must have rank >= 2 ([T*N, C, ...]), got shape " + ShapeStr(shape));
     for (int64_t d : shape)
       if (d < 0) return Fail(name_, "X has a negative dimension: " + ShapeStr(shape));
-    if (shape[0] % T_ != 0)
+    if (!once_ && shape[0] % T_ != 0)
       return Fail(name_, "batch dimension of X " + ShapeStr(shape) + " is " + std::to_string(shape[0]) +
                              ", not a multiple of T=" + std::to_string(T_));
+    std::vector<int64_t> yshape = shape;  // [T*N, C, ...]
+    if (once_) yshape[0] = shape[0] * T_;  // X is one step [N, C, ...], fed at every t
     const int64_t C = shape[1];
     const int64_t nv = static_cast<int64_t>(vinfo.GetElementCount());
     if (nv != 1 && nv != C)
@@ -258,9 +271,22 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
                              " channels, not a multiple of channel_block=" + std::to_string(block_));
     int64_t K = 1;
     for (size_t i = 2; i < shape.size(); ++i) K *= shape[i];
-    const int64_t N = shape[0] / T_;
+    const int64_t N = yshape[0] / T_;
+    const float* addend = nullptr;
+    if (ctx.GetInputCount() > 2) {
+      Ort::ConstValue R = ctx.GetInput(2);
+      if (R) {
+        auto rinfo = R.GetTensorTypeAndShapeInfo();
+        if (rinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+          return Fail(name_, "the addend R must be a float32 tensor");
+        if (rinfo.GetShape() != yshape)
+          return Fail(name_, "the addend R has shape " + ShapeStr(rinfo.GetShape()) + ", Y has " + ShapeStr(yshape) +
+                                 " (they must be equal)");
+        addend = R.GetTensorData<float>();
+      }
+    }
 
-    Ort::UnownedValue Y = ctx.GetOutput(0, shape);
+    Ort::UnownedValue Y = ctx.GetOutput(0, yshape);
     float* spikes = nullptr;
     if (ctx.GetOutputCount() > 1) {
       Ort::UnownedValue S = ctx.GetOutput(1, std::vector<int64_t>{N});
@@ -281,6 +307,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     }
     Job job{};
     job.x = X.GetTensorData<float>();
+    job.r = addend;
     job.y = Y.GetTensorMutableData<float>();
     job.theta = theta.data();
     job.offset = offset.data();
@@ -292,6 +319,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.P = C * K;
     job.M = N * job.P;
     job.B = block_;
+    job.x_step = once_ ? 0 : job.M;
     // Equal tiles of at most kTile neurons, each a multiple of 64 (whole NCHWc blocks), so
     // that no thread is left with a short remainder tile.
     job.tiles_per_sample = (job.P + kTile - 1) / kTile;

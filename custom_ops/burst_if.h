@@ -3,8 +3,11 @@
 // Attributes T >= 1, psi >= 1, tau > 0 (default 1). Outputs Y (like X), optional spikes [N].
 // Optional attribute channel_block b >= 1 (default 1): X holds onnxruntime's blocked NCHWc
 // layout, channel c of position k at ((c / b) * K + k) * b + c % b within a sample. Files
-// never carry it: make_session(layout="nchwc") sets it in onnxruntime's optimized CPU graph so
-// that no layout reorder runs around each neuron.
+// never carry it: make_session (layout "auto") sets it in onnxruntime's optimized CPU graph so
+// that no layout reorder runs around each neuron. Two more session-only fusions, set by the
+// same rewrite: an optional third input R (X's shape; the neuron integrates fl(X + R), what a
+// separate Add feeding it computes) and attribute time_broadcast = 1 (X is one step [N, C, ...]
+// fed at every t, Y is [T*N, C, ...]; what a Tile over the batch feeding it computes).
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -20,8 +23,8 @@ inline constexpr const char* kDomain = "onnx2burst";
 inline constexpr const char* kOpType = "BurstIF";
 
 struct BurstIFKernel {
-  BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, std::string name)
-      : T_(T), psi_(psi), tau_(tau), block_(block), name_(std::move(name)) {}
+  BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, bool once, std::string name)
+      : T_(T), psi_(psi), tau_(tau), block_(block), once_(once), name_(std::move(name)) {}
   // Checks every shape and type before touching memory; errors come back as OrtStatus.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
@@ -29,13 +32,17 @@ struct BurstIFKernel {
   int64_t T_, psi_;
   float tau_;
   int64_t block_;
+  bool once_;  // time_broadcast: X holds one step for all T
   std::string name_;
 };
 
 struct BurstIFOp : Ort::CustomOpBase<BurstIFOp, BurstIFKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
   const char* GetName() const { return kOpType; }
-  size_t GetInputTypeCount() const { return 2; }
+  size_t GetInputTypeCount() const { return 3; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < 2 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

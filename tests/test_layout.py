@@ -61,6 +61,62 @@ def test_channel_block_range_is_checked():
         ops.make_session(_blocked_model(2, 1, 1.0, 0), kernel=True, layout="plain")
 
 
+def _fused_model(T, psi, tau, b, *, addend=False, once=False):
+    m = _blocked_model(T, psi, tau, b)
+    node = m.graph.node[0]
+    if addend:
+        node.input.append("R")
+        m.graph.input.append(helper.make_tensor_value_info("R", onnx.TensorProto.FLOAT, ["TN", "C", "H", "W"]))
+    if once:
+        node.attribute.append(helper.make_attribute("time_broadcast", 1))
+    return m
+
+
+@pytest.mark.parametrize("b", [1, 2, 16])  # plain runs of one channel, per-neuron copies, vectorised blocks
+def test_addend_input_is_a_fused_add(b):
+    """BurstIF(X, vth, R) integrates fl(X + R): bit for bit an Add node feeding BurstIF."""
+    T, psi, tau, N, C = 4, 3, 1.3, 3, 2 * max(b, 8)
+    rng = np.random.default_rng(b)
+    x = rng.standard_normal((T * N, C, 5, 7)).astype(np.float32)
+    r = rng.standard_normal((T * N, C, 5, 7)).astype(np.float32)
+    vth = rng.uniform(0.1, 1.5, C).astype(np.float32)
+    y_ref, s_ref = ops.burst_if(x + r, vth, T, psi, tau)
+    sess = ops.make_session(_fused_model(T, psi, tau, b, addend=True), kernel=True, layout="plain")
+    y, s = sess.run(None, {"X": _block(x, b), "vth": vth, "R": _block(r, b)})
+    assert np.array_equal(_unblock(y, b).view(np.uint32), y_ref.view(np.uint32))
+    assert np.array_equal(s, s_ref)
+
+
+@pytest.mark.parametrize("b", [1, 16])
+@pytest.mark.parametrize("addend", [False, True])
+def test_time_broadcast_is_a_fused_tile(b, addend):
+    """time_broadcast=1: X is one step [N, ...] fed at every t, like Tile(X, [T, 1, 1, 1])."""
+    T, psi, tau, N, C = 5, 2, 1.0, 2, 32
+    rng = np.random.default_rng(3)
+    x1 = rng.standard_normal((N, C, 6, 6)).astype(np.float32)
+    r = rng.standard_normal((T * N, C, 6, 6)).astype(np.float32)
+    vth = rng.uniform(0.2, 1.0, C).astype(np.float32)
+    xt = np.tile(x1, (T, 1, 1, 1))
+    y_ref, s_ref = ops.burst_if(xt + r if addend else xt, vth, T, psi, tau)
+    sess = ops.make_session(_fused_model(T, psi, tau, b, addend=addend, once=True), kernel=True, layout="plain")
+    feeds = {"X": _block(x1, b), "vth": vth} | ({"R": _block(r, b)} if addend else {})
+    y, s = sess.run(None, feeds)
+    assert y.shape == (T * N, C, 6, 6)
+    assert np.array_equal(_unblock(y, b).view(np.uint32), y_ref.view(np.uint32))
+    assert np.array_equal(s, s_ref)
+
+
+def test_addend_and_time_broadcast_are_checked():
+    x = np.zeros((8, 16, 3, 3), np.float32)
+    sess = ops.make_session(_fused_model(4, 2, 1.0, 1, addend=True), kernel=True, layout="plain")
+    with pytest.raises(Exception, match=r"the addend R has shape \[4, 16, 3, 3\], Y has \[8, 16, 3, 3\]"):
+        sess.run(None, {"X": x, "vth": np.ones(16, np.float32), "R": x[:4]})
+    m = _fused_model(4, 2, 1.0, 1)
+    m.graph.node[0].attribute.append(helper.make_attribute("time_broadcast", 2))
+    with pytest.raises(Exception, match="time_broadcast must be 0 or 1, got 2"):
+        ops.make_session(m, kernel=True, layout="plain")
+
+
 @pytest.fixture(scope="module")
 def residual_snn():
     model = fixtures_models.residual(c=2 * nchwc_block_size())
@@ -98,6 +154,12 @@ def test_rewrite_removes_the_reorders_around_neurons(residual_snn, tmp_path):
     assert reorders(new) < reorders(opt)
     blocked = [n for n in new.graph.node if n.op_type == "BurstIF"]
     assert all(any(a.name == "channel_block" for a in n.attribute) for n in blocked)
+    # the residual Add and the time Tile each feed one neuron only: folded into the kernel
+    assert sum(len(n.input) == 3 for n in blocked) == 1
+    assert sum(any(a.name == "time_broadcast" for a in n.attribute) for n in blocked) == 1
+    assert not any(n.op_type in ("Add", "Tile") for n in new.graph.node)
+    unfused, _ = rewrite_blocked(opt, nchwc_block_size(), fuse=False)
+    assert sum(n.op_type in ("Add", "Tile") for n in unfused.graph.node) == 2
 
 
 def test_layout_argument_is_checked():

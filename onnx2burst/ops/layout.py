@@ -11,10 +11,14 @@ than the neuron itself costs (measured on the ResNet-20 SNN: 211 ms of reorders 
 and save that graph, then rewrites it: every BurstIF fed by a ``ReorderOutput`` runs on
 the blocked tensor itself with the kernel attribute ``channel_block`` (ALGORITHM.md §2's
 dynamics, channel ``c`` read at its blocked position), and so do the layout-free ops
-between neurons (a residual ``Add``, the time-expansion ``Tile`` over the batch axis). A
+between neurons (a residual ``Add``, the time-expansion ``Tile`` over the batch axis). An
+Add or a Tile whose only reader is a neuron is then folded into it (the kernel's addend
+input ``R`` and its ``time_broadcast`` attribute: the same float operations, one pass over
+the activation fewer; 1.31 -> 1.24 of T x ANN time on the ResNet-20 SNN). A
 ``ReorderOutput`` is kept only where a plain-layout consumer remains. The rewritten graph is
 hardware specific, so it lives only in memory, and it is checked before use: on a probe
-input it must give exactly the outputs of the ordinary session, or that session is used.
+input it must give exactly the outputs of the ordinary session (first with the folds, then
+without), or that session is used.
 
 The rewrite needs the kernel (the fallback function has no ``channel_block``) and channel
 counts that are a multiple of the block; other layers keep their reorders.
@@ -55,13 +59,20 @@ def _attr(node, name, default=None):
     return default
 
 
-def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto, int]:
+def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tuple[onnx.ModelProto, int]:
     """Move BurstIF (and the residual Adds and time Tiles between them) into the NCHWc layout.
 
     model: onnxruntime's optimised CPU graph (with ``com.microsoft.nchwc`` reorders).
+    fuse: also fold into the kernel an Add or a batch Tile whose only consumer is a BurstIF
+    (the kernel's addend input R and its ``time_broadcast`` attribute): the same float
+    operations in the same order, one pass over the activation fewer.
     Returns (the rewritten copy, how many BurstIF nodes now run blocked).
     """
     g = model.graph
+    uses: dict[str, int] = defaultdict(int)
+    for n in g.node:
+        for i in n.input:
+            uses[i] += 1
     consts = {t.name: t for t in g.initializer}
     for n in g.node:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.attribute and n.attribute[0].name == "value":
@@ -72,6 +83,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto
     alias: dict[str, str] = {}                 # a removed ReorderInput's output -> blocked tensor
     new_nodes: list[onnx.NodeProto] = []
     replaced: dict[str, int] = {}              # plain tensor produced by a blocked node -> channels
+    fusable: dict[str, tuple] = {}             # plain output of a moved Add/Tile -> (node, how to fold it)
     moved = 0
 
     def twin(name):
@@ -93,9 +105,19 @@ def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto
             m = onnx.NodeProto()
             m.CopyFrom(n)
             del m.input[:]
-            m.input.extend([xb] + ins[1:])
+            m.input.extend([xb] + ins[1:2])
             m.output[0] = yb
             m.attribute.append(helper.make_attribute("channel_block", int(block)))
+            src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
+            if src is not None and (src[1] == "add" or src[2] == int(_attr(n, "T", 0))):
+                new_nodes.remove(src[0])  # the kernel does its work
+                if src[1] == "add":
+                    m.input[0] = src[0].input[0]
+                    m.input.append(src[0].input[1])  # R: the neuron integrates fl(X + R)
+                else:
+                    m.input[0] = src[0].input[0]  # one step, fed at every t
+                    m.attribute.append(helper.make_attribute("time_broadcast", 1))
+                del blocked[ins[0]], replaced[ins[0]]
             new_nodes.append(m)
             blocked[n.output[0]] = (yb, C)
             replaced[n.output[0]] = C
@@ -106,6 +128,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto
             C = twin(ins[0])[1]
             out = n.output[0] + "_nchwc"
             new_nodes.append(helper.make_node("Add", [twin(ins[0])[0], twin(ins[1])[0]], [out], name=n.name + "_nchwc"))
+            fusable[n.output[0]] = (new_nodes[-1], "add")
             blocked[n.output[0]] = (out, C)
             replaced[n.output[0]] = C
             continue
@@ -115,6 +138,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto
                 C = twin(ins[0])[1]
                 out = n.output[0] + "_nchwc"
                 new_nodes.append(helper.make_node("Tile", [twin(ins[0])[0], ins[1]], [out], name=n.name + "_nchwc"))
+                fusable[n.output[0]] = (new_nodes[-1], "tile", int(reps[0]))
                 blocked[n.output[0]] = (out, C)
                 replaced[n.output[0]] = C
                 continue
@@ -141,6 +165,10 @@ def rewrite_blocked(model: onnx.ModelProto, block: int) -> tuple[onnx.ModelProto
     res.CopyFrom(model)
     del res.graph.node[:]
     res.graph.node.extend(out_nodes)
+    read = {i for n in out_nodes for i in n.input}  # a fused Tile's repeats are no longer read
+    kept = [t for t in res.graph.initializer if t.name in read or t.name in graph_outputs]
+    del res.graph.initializer[:]
+    res.graph.initializer.extend(kept)
     return res, moved
 
 
@@ -172,19 +200,20 @@ def blocked_session(model, *, threads: int | None = None, providers=None, probe_
         so.log_severity_level = 3  # the "hardware specific" warning: we never save it
         plain = ort.InferenceSession(data, so, providers=providers)
         optimized = onnx.load(so.optimized_model_filepath)
-    rewritten, moved = rewrite_blocked(optimized, nchwc_block_size())
-    if not moved:
-        return plain, 0
-    so = session_options(kernel=True, threads=threads, optimization="disable", spinning=spinning)
-    try:
-        fast = ort.InferenceSession(rewritten.SerializeToString(), so, providers=providers)
-        feeds = _probe_feeds(plain, probe_batch)
-        want, got = plain.run(None, feeds), fast.run(None, feeds)
-        same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, got))
-    except Exception as e:  # noqa: BLE001 - any trouble: the ordinary session is correct
-        log.info("NCHWc rewrite not used: %s", e)
-        return plain, 0
-    if not same:
-        log.info("NCHWc rewrite not used: its outputs differ from the ordinary session's on the probe")
-        return plain, 0
-    return fast, moved
+    feeds = None
+    for fuse in (True, False):  # with the Add/Tile fusions; if the probe disagrees, without
+        rewritten, moved = rewrite_blocked(optimized, nchwc_block_size(), fuse=fuse)
+        if not moved:
+            return plain, 0
+        so = session_options(kernel=True, threads=threads, optimization="disable", spinning=spinning)
+        try:
+            fast = ort.InferenceSession(rewritten.SerializeToString(), so, providers=providers)
+            feeds = feeds or _probe_feeds(plain, probe_batch)
+            want, got = plain.run(None, feeds), fast.run(None, feeds)
+            if all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, got)):
+                return fast, moved
+            log.info("NCHWc rewrite (fuse=%s) not used: its outputs differ from the ordinary session's on the probe",
+                     fuse)
+        except Exception as e:  # noqa: BLE001 - any trouble: the ordinary session is correct
+            log.info("NCHWc rewrite (fuse=%s) not used: %s", fuse, e)
+    return plain, 0
