@@ -20,8 +20,9 @@ __all__ = ["MAXPOOL_MODES", "THRESHOLD_METHODS", "LayerConfig", "ThresholdConfig
            "CalibrationConfig", "ConvertConfig"]
 
 #: MaxPool handling (§3). "spikes": keep MaxPool, applied per timestep on the spike maps
-#: (the default: measured best, see ``onnx2burst.graph.maxpool``); "avg": AveragePool instead.
-MAXPOOL_MODES = ("spikes", "avg")
+#: (the default: measured best at low T, see ``onnx2burst.graph.maxpool``); "avg": AveragePool
+#: instead; "lateral": lateral inhibition, each window passes its input with the most spikes so far.
+MAXPOOL_MODES = ("spikes", "avg", "lateral")
 #: Threshold rule (§4). "search": the 95-candidate error search; "max": theta = channel max
 #: (plain max-normalisation, the classic baseline).
 THRESHOLD_METHODS = ("search", "max")
@@ -142,7 +143,7 @@ class ConvertConfig:
 
     T: timesteps; psi: most spikes per step; tau: threshold ratio (neurons fire at tau*vth).
     ``layers`` maps a neuron name (as ``onnx2burst inspect`` lists it) to a ``LayerConfig``
-    overriding psi/tau for that neuron only. maxpool: "spikes" or "avg" (§3).
+    overriding psi/tau for that neuron only. maxpool: "spikes", "avg" or "lateral" (§3).
     per_timestep_output: add a second output ``<name>_per_timestep`` ``[T, N, K]``.
     bias_calibration: run §5 after the thresholds. allow_inexact: convert even when ops
     between neurons cannot be converted exactly (§3).

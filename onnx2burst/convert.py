@@ -121,7 +121,7 @@ class Converter:
             read_external_data(self.source, self.source_path)
             self.source_sha256 = file_sha256(self.source_path)
         self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
-        self.analysis: Analysis = analyze(self.canonical)
+        self.analysis: Analysis = analyze(self.canonical, self.config.maxpool)
         a = self.analysis
         self.check_resources(self.canonical.model, str(self.source_path or "the model"), info=self.canonical.info,
                              keep=[n.output for n in a.neurons])

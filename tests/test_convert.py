@@ -83,12 +83,13 @@ def test_unsupported_reported_before_data_is_read():
     assert [n.op_type for n in snn.graph.node].count("BurstIF") == 2
 
 
-@pytest.mark.parametrize("mode", ["spikes", "avg"])
+@pytest.mark.parametrize("mode", ["spikes", "avg", "lateral"])
 def test_maxpool_modes(mode):
     m = fm.maxpool_net()
     snn = onnx2burst.convert(m, _calib(m), T=8, psi=4, maxpool=mode)
     types = [n.op_type for n in snn.graph.node]
-    assert ("MaxPool" in types) == (mode == "spikes") and ("AveragePool" in types) == (mode == "avg")
+    assert ("MaxPool" in types) == (mode in ("spikes", "lateral")) and ("AveragePool" in types) == (mode == "avg")
+    assert ("CumSum" in types) == (mode == "lateral")
 
 
 def test_relu6_fixed_batch_and_old_opset_convert():

@@ -115,7 +115,8 @@ def _summary(result, out, seconds) -> None:
     con.print(f"  thresholds  : {lo:.4g} .. {hi:.4g} (tau*vth per spike)")
     con.print(f"  calibration : {result.samples} samples; bias calibrated for {calibrated} layer(s)")
     if a.maxpools:
-        con.print(f"  MaxPool     : {len(a.maxpools)} node(s) run per timestep on spikes")
+        how = "pool by lateral inhibition" if a.maxpool == "lateral" else "run per timestep on spikes"
+        con.print(f"  MaxPool     : {len(a.maxpools)} node(s) {how}")
     if a.inexact:
         con.print(f"  [yellow]inexact[/]     : {', '.join(f'{i.node} ({i.op_type})' for i in a.inexact)}")
     for n in result.notes:

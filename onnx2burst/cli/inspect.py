@@ -10,7 +10,7 @@ from .options import cli_errors
 
 @click.command(name="inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--maxpool", type=click.Choice(["spikes", "avg"]), default="spikes", show_default=True,
+@click.option("--maxpool", type=click.Choice(["spikes", "avg", "lateral"]), default="spikes", show_default=True,
               help="MaxPool handling to analyse.")
 def inspect(model, maxpool):
     """Show the neurons, analog layers, MaxPool handling, opset and the ops that cannot
@@ -29,7 +29,7 @@ def inspect(model, maxpool):
         from onnx2burst.rewrite import analyze
 
         canonical = canonicalize(load_model(model), maxpool=maxpool)
-        a = analyze(canonical)
+        a = analyze(canonical, maxpool)
         con = Console()
         t = Table(title=f"{model.name}: {len(a.neurons)} neuron layer(s), opset {a.opset}")
         for col in ("#", "node", "becomes", "op", "C", "bias corrected on / note"):

@@ -1,7 +1,7 @@
 """MaxPool handling (§3).
 
 On spikes, MaxPool per timestep is not max-pooling of rates: the mean over T of the max is
-at least the max of the means. Two options are implemented:
+at least the max of the means. Three options are implemented:
 
 - ``"spikes"`` (default): keep the MaxPool node; it runs per timestep on the spike maps
   (as the authors' ImageNet ResNet does), and the bias calibration (§5) of the next
@@ -9,6 +9,10 @@ at least the max of the means. Two options are implemented:
 - ``"avg"``: replace every MaxPool by an AveragePool of the same window (and
   GlobalMaxPool by GlobalAveragePool) *in the ANN too*, so the thresholds and the bias
   calibration target the changed ANN. Exact under rate coding, but it changes the ANN.
+- ``"lateral"``: lateral inhibition (``onnx2burst.rewrite.rewriter._lateral_pool``): per
+  timestep each window passes the value of its input with the largest sum so far, so the
+  output rate converges to the max of the input rates as T grows (per-timestep MaxPool keeps
+  its bias at any T).
 
 Measured on the Fashion-MNIST VGG with MaxPool (models/zoo/vgg_max_fmnist.onnx, ANN 94.37 %
 top-1 on the 10k test images, 512 calibration samples; benchmarks/convert_acceptance.py,

@@ -75,6 +75,7 @@ class Analysis:
     opset: int
     notes: list[str] = field(default_factory=list)
     shape_issues: list[OpIssue] = field(default_factory=list)
+    maxpool: str = "spikes"                         # how the SNN pools (§3): "spikes" or "lateral"
 
     def neuron(self, name: str) -> Neuron:
         for n in self.neurons:
@@ -163,8 +164,8 @@ def _bias_target(idx: GraphIndex, tensor: str, depth: dict[str, int]) -> BiasTar
     return None
 
 
-def analyze(canonical: Canonical) -> Analysis:
-    """Analyse the canonical ANN (see the module docstring)."""
+def analyze(canonical: Canonical, maxpool: str = "spikes") -> Analysis:
+    """Analyse the canonical ANN (see the module docstring); ``maxpool`` only words the note."""
     model = canonical.model
     idx = GraphIndex(model.graph)
     info = canonical.info
@@ -250,7 +251,9 @@ def analyze(canonical: Canonical) -> Analysis:
         analog = [(n, op) for n, op in analog if n not in behind]
     notes = list(canonical.notes)
     if maxpools:
-        notes.append(f"{len(maxpools)} MaxPool node(s) run per timestep on spikes")
+        notes.append(f"{len(maxpools)} MaxPool node(s) " + ("pool by lateral inhibition (the input with the most "
+                     "spikes so far wins)" if maxpool == "lateral" else "run per timestep on spikes"))
     return Analysis(neurons=neurons, analog_layers=analog, inexact=inexact, maxpools=maxpools,
                     output_tail=tail, expansion=expansion, temporal=temporal, marks=marks,
-                    opset=canonical.opset, notes=notes, shape_issues=shape_issues)
+                    opset=canonical.opset, notes=notes, shape_issues=shape_issues,
+                    maxpool="lateral" if maxpool == "lateral" else "spikes")

@@ -9,6 +9,7 @@
 - time starts right before the first neuron: each static tensor read by the spiking part
   goes through ``Tile`` (T copies along axis 0, time-major), so everything before the
   first neuron (the first layer) is computed once;
+- with ``--maxpool lateral``, every MaxPool in the spiking part pools by lateral inhibition;
 - every spiking graph output ``[T*N, K]`` becomes ``[T, N, K]`` then its mean over T,
   under the ANN's output name; a trailing Softmax/LogSoftmax/ArgMax is moved after the
   mean; ``per_timestep_output`` adds ``<name>_per_timestep`` ``[T, N, K]`` (before any
@@ -164,11 +165,65 @@ def _output_means(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, pe
     return outputs, per_t_outputs
 
 
+def _lateral_pool(g, idx: GraphIndex, node: onnx.NodeProto, T: int) -> None:
+    """Lateral-inhibition max pooling (§3), in standard ops, in place of ``node``.
+
+    Per timestep, each window passes the value of its input with the largest sum so far
+    (steps 0..t, time-major over the batch axis): ``Y[t] = X[t][argmax_window CumSum(X)[t]]``.
+    Once the sums separate, the winner is the input with the highest rate, so the mean
+    output converges to the max of the mean inputs -- unlike MaxPool per timestep, whose mean
+    is the mean of the maxima (too high by the spread of the spike trains). Ties go to the
+    first input of the window, as in MaxPool's Indices.
+
+    MaxPool: ``Indices`` of MaxPool over the running sums, then ``Gather`` from the flat
+    input. GlobalMaxPool: ``ArgMax`` over the flattened spatial axes, ``GatherElements``.
+    """
+    x, y = node.input[0], node.output[0]
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        raise GraphError(f"MaxPool {node.name!r}: its Indices output is used; lateral pooling cannot provide it")
+    i64 = lambda base, vals: idx.set_const(idx.fresh(f"{node.name}_{base}"), np.array(vals, np.int64))  # noqa: E731
+    f = lambda base: idx.fresh(f"{node.name}_{base}")  # noqa: E731
+    shape, by_t, run, sums = f("shape"), f("by_time"), f("running"), f("sums")
+    nodes = [
+        helper.make_node("Shape", [x], [shape], name=f("shape_of")),
+        helper.make_node("Reshape", [x, i64("T_rest", [T, -1])], [by_t], name=f("unfold_time")),
+        helper.make_node("CumSum", [by_t, idx.set_const(idx.fresh(f"{node.name}_axis0"), np.array(0, np.int64))],
+                         [run], name=f("sum_so_far")),
+        helper.make_node("Reshape", [run, shape], [sums], name=f("fold_time")),
+    ]
+    if node.op_type == "MaxPool":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "storage_order"}
+        win, flat = f("winners"), f("flat")
+        nodes += [
+            helper.make_node("MaxPool", [sums], [f("max_sums"), win], name=f("winner"), **attrs),
+            helper.make_node("Reshape", [x, i64("flat_shape", [-1])], [flat], name=f("flatten")),
+            helper.make_node("Gather", [flat, win], [y], name=node.name, axis=0),
+        ]
+    else:  # GlobalMaxPool: [TN, C, ...] -> [TN, C, 1, ..., 1]
+        s3, x3, win, picked = f("sums_3d"), f("x_3d"), f("winners"), f("picked")
+        lead, spatial, ones, out_shape = f("lead"), f("spatial"), f("ones"), f("out_shape")
+        nodes += [
+            helper.make_node("Reshape", [sums, i64("TNC_rest", [0, 0, -1])], [s3], name=f("flatten_sums")),
+            helper.make_node("Reshape", [x, i64("TNC_rest_x", [0, 0, -1])], [x3], name=f("flatten_x")),
+            helper.make_node("ArgMax", [s3], [win], name=f("winner"), axis=2, keepdims=1),
+            helper.make_node("GatherElements", [x3, win], [picked], name=f("pick"), axis=2),
+            helper.make_node("Slice", [shape, i64("zero", [0]), i64("two", [2])], [lead], name=f("lead_dims")),
+            helper.make_node("Slice", [shape, i64("two_", [2]), i64("end", [2**62])], [spatial], name=f("spatial_dims")),
+            helper.make_node("Div", [spatial, spatial], [ones], name=f("ones_of")),  # one 1 per spatial axis
+            helper.make_node("Concat", [lead, ones], [out_shape], name=f("out_shape_of"), axis=0),
+            helper.make_node("Reshape", [picked, out_shape], [y], name=node.name),
+        ]
+    idx.remove_nodes([node])
+    g.node.extend(nodes)
+
+
 def build_snn(canonical: Canonical, analysis: Analysis, params: dict, *, T: int,
               per_timestep_output: bool = False, allow_inexact: bool = False) -> SNN:
     """The SNN graph of ``canonical`` (see the module docstring).
 
-    params: neuron name -> ``NeuronParams`` (every neuron must have one).
+    params: neuron name -> ``NeuronParams`` (every neuron must have one). With
+    ``analysis.maxpool == "lateral"`` every MaxPool/GlobalMaxPool in the spiking part becomes
+    lateral-inhibition pooling (:func:`_lateral_pool`).
     """
     if analysis.shape_issues:
         raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in analysis.shape_issues],
@@ -231,6 +286,11 @@ def build_snn(canonical: Canonical, analysis: Analysis, params: dict, *, T: int,
                     c.input[k] = tiled
         g.node.append(helper.make_node("Tile", [t, reps], [tiled], name=idx.fresh(f"{t}_time_tile")))
     idx.rebuild()
+
+    if analysis.maxpool == "lateral":
+        for name in analysis.maxpools:
+            _lateral_pool(g, idx, idx.nodes_by_name[name], T)
+        idx.rebuild()
 
     outputs, per_t = _output_means(g, idx, analysis, T, opset, per_timestep_output, info)
     topological_sort(g)
