@@ -85,7 +85,24 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
         t = time.perf_counter()
         row["rel_error_avgpool"] = _avgpool_error(spec, m, cfg, x, threads, allow_inexact=row["converted"] == "inexact")
         row["avgpool_s"] = round(time.perf_counter() - t, 1)
+        t = time.perf_counter()
+        y = _snn_logits(m, cfg, x, threads, maxpool="lateral", allow_inexact=row["converted"] == "inexact")
+        row["rel_error_lateral"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
+        row["agreement_lateral"] = float((y.argmax(1) == ann.argmax(1)).mean())
+        row["lateral_s"] = round(time.perf_counter() - t, 1)
     return row
+
+
+def _snn_logits(m, cfg, x, threads, **options):
+    """The SNN logits on ``x`` of the conversion of ``m`` with ``cfg`` changed by ``options``."""
+    import dataclasses
+
+    from onnx2burst import ops
+    from onnx2burst.convert import Converter
+
+    snn = Converter(m, dataclasses.replace(cfg, **options)).run(corpus.inputs(m, CALIB, seed=1)).model
+    sess = ops.make_session(snn, threads=threads)
+    return np.concatenate([sess.run(None, {k: v[s:s + 16] for k, v in x.items()})[0] for s in range(0, EVAL, 16)])
 
 
 def _avgpool_error(spec, m, cfg, x, threads, allow_inexact: bool) -> float:
@@ -121,14 +138,17 @@ def _converted(r: dict) -> str:
 
 def results_table(rows: list[dict]) -> list[str]:
     out = ["| model | opset | nodes | neurons | MaxPools | converted | top-1 agreement | rel. error | "
-           "rel. error, AvgPool in both | ANN classes | convert s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "rel. error, AvgPool in both | `--maxpool lateral`: agreement, rel. error | ANN classes | convert s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["converted"] == "refused":
-            out.append(f"| {r['name']} | {r['opset']} | {r['nodes']} | - | - | {_converted(r)} | - | - | - | - | - |")
+            out.append(f"| {r['name']} | {r['opset']} | {r['nodes']} | - | - | {_converted(r)} | - | - | - | - | - | - |")
             continue
         avg = f"{r['rel_error_avgpool']:.3f}" if "rel_error_avgpool" in r else "-"
+        lat = (f"{100 * r['agreement_lateral']:.1f} %, {r['rel_error_lateral']:.3f}" if "rel_error_lateral" in r
+               else "-")
         out.append(f"| {r['name']} | {r['opset']} | {r['nodes']} | {r['neurons']} | {r['maxpools']} | "
-                   f"{_converted(r)} | {100 * r['agreement']:.1f} % | {r['rel_error']:.3f} | {avg} | "
+                   f"{_converted(r)} | {100 * r['agreement']:.1f} % | {r['rel_error']:.3f} | {avg} | {lat} | "
                    f"{r['ann_classes']}/{r['classes']} | "
                    f"{r['convert_s']:.1f} |")
     return out
@@ -185,7 +205,7 @@ def whatconverts(rows: list[dict]) -> str:
 
 def write(rows: list[dict], out: Path, args) -> None:
     seconds = sum(r.get("build_s", 0) + r.get("convert_s", 0) + r.get("eval_s", 0) + r.get("avgpool_s", 0)
-                  for r in rows)
+                  + r.get("lateral_s", 0) for r in rows)
     lines = [f"# Corpus benchmark (T={args.T}, psi={args.psi})", "",
              "`python benchmarks/corpus.py` converts every model of `tests/corpus.py` (no downloads: "
              "small-width torch architectures with seeded random weights exported at opsets 11-20, and "
@@ -204,7 +224,9 @@ def write(rows: list[dict], out: Path, args) -> None:
              "- MaxPools: MaxPool nodes in the spiking part, run per timestep on spike maps (the default). "
              "\"rel. error, AvgPool in both\": the same conversion with `--maxpool avg` against the ANN with "
              "AveragePool in place of MaxPool (relative to the spread of that ANN's logits): what is left "
-             "once the MaxPools are out of the comparison.", ""]
+             "once the MaxPools are out of the comparison. \"`--maxpool lateral`\": the same conversion with "
+             "lateral-inhibition pooling (each window passes its input with the most spikes so far) against "
+             "the unchanged ANN.", ""]
     lines += results_table(rows)
     done = [r for r in rows if r["converted"] != "refused"]
     lines += ["", f"{len(done)}/{len(rows)} models converted "
