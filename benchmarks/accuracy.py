@@ -9,7 +9,10 @@ installed). Writes benchmarks/results/accuracy.md and accuracy.png (top-1 agains
 curve per psi, the ANN as a line).
 
     python benchmarks/accuracy.py [--models resnet20_fmnist,vgg_fmnist,vgg_max_fmnist]
-        [--Ts 2,4,8,16,32] [--psis 1,2,4,8] [--test subset|full] [--no-search]
+        [--Ts 2,4,8,16,32] [--psis 1,2,4,8] [--test subset|full] [--no-search] [--merge]
+
+``--merge`` keeps the existing results of the models this run does not redo (to re-measure one
+model after a change).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ def main(argv=None):
     ap.add_argument("--no-search", action="store_true", help="skip the T=8 +BSR/+SSC/+both rows")
     ap.add_argument("--search-samples", type=int, default=256)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy.md"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows (and figure data) of models in the existing results that this run does not redo")
     args = ap.parse_args(argv)
 
     from models.data import load_fmnist_test_npz
@@ -46,6 +51,18 @@ def main(argv=None):
     Ts = [int(t) for t in args.Ts.split(",")]
     psis = [int(p) for p in args.psis.split(",")]
     rows, grid = [], {}
+    kept = []  # --merge: other models' rows and grid entries from the existing results
+    out_json = Path(args.out).with_suffix(".json")
+    if args.merge and Path(args.out).is_file():
+        redo = set(args.models.split(","))
+        for line in Path(args.out).read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not line.startswith("| ") or cells[0] in redo | {"model"}:
+                continue
+            kept.append(line)
+            if cells[3] in ("BS", "IF (psi=1)"):  # the plain rows feed the figure
+                grid[cells[0], int(cells[1]), int(cells[2])] = float(cells[5]) / 100
+                grid[cells[0], "ann"] = float(cells[4]) / 100
     head = ("| model | T | psi | config | ANN top-1 | SNN top-1 | diff | spikes/sample | SynOps/sample | "
             "energy vs ANN | convert s |")  # convert s: pass 1 counted in the first row of each model
     sep = "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -71,8 +88,10 @@ def main(argv=None):
                 f"(BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau 1:10:0.5; {args.search_samples} search samples). "
                 "Energy: SynOps x 0.9 pJ + first-layer MACs x 4.6 pJ against ANN MACs x 4.6 pJ (ALGORITHM.md §7). "
                 "`convert s` includes the search for the search rows; pass 1 (statistics) is counted in the first "
-                "row of each model.\n\n" + status + head + "\n" + sep + "\n" + "\n".join(rows) + "\n")
+                "row of each model.\n\n" + status + head + "\n" + sep + "\n" + "\n".join(kept + rows) + "\n")
         Path(args.out).write_text(text)
+        out_json.write_text(json.dumps(
+            {f"{k[0]}|{k[1]}|{k[2]}" if len(k) == 3 else f"{k[0]}|ann": v for k, v in grid.items()}, indent=1))
         return text
 
     for name in args.models.split(","):
@@ -102,7 +121,7 @@ def main(argv=None):
 
     # the figure: top-1 against T, one curve per psi, the ANN as a line; one panel per model
     plt = _pyplot()
-    names = args.models.split(",")
+    names = list(dict.fromkeys(k[0] for k in grid))  # this run's models and any kept by --merge
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         for psi in psis:
@@ -121,10 +140,7 @@ def main(argv=None):
     png = Path(args.out).with_suffix(".png")
     _save(fig, png)
 
-    text = write()
-    Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {f"{k[0]}|{k[1]}|{k[2]}" if len(k) == 3 else f"{k[0]}|ann": v for k, v in grid.items()}, indent=1))
-    print(text)
+    print(write())
 
 
 if __name__ == "__main__":
