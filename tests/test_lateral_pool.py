@@ -83,3 +83,17 @@ def test_lateral_pooling_runs_without_the_kernel_and_in_the_reference_evaluator(
     a = ops.make_session(snn, kernel=False).run(None, {"x": x})[0]
     b = ReferenceEvaluator(snn).run(None, {"x": x})[0]
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lateral_pooling_counts_synops_like_maxpool():
+    """The running sums are indices, not spikes: the fanout equals the per-step MaxPool's."""
+    from onnx2burst.tuning.energy import energy_model
+
+    m = fm.maxpool_net()
+    calib = fm.inputs(m, 32, seed=7)
+    fan = {}
+    for mode in ("spikes", "lateral"):
+        em = energy_model(onnx2burst.convert(m, calib, T=4, psi=2, samples=32, maxpool=mode))
+        fan[mode] = [(layer.name, layer.fanout) for layer in em.layers]
+        assert not em.notes
+    assert fan["lateral"] == fan["spikes"]

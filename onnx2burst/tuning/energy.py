@@ -18,7 +18,10 @@ Fanout of a spike, per receiving layer (several receivers add up):
 - another BurstIF reached directly (an identity shortcut into a residual sum): 1;
 - pass-through ops are followed to the next receivers: Flatten, Reshape, Add, Concat, ...;
   AveragePool/MaxPool multiply by ``prod(kernel)/prod(strides)`` (1 for the usual 2x2/2),
-  GlobalAveragePool by 1 (it folds into the next linear layer).
+  GlobalAveragePool by 1 (it folds into the next linear layer);
+- lateral-inhibition pooling (``--maxpool lateral``): the spikes reach the next layer through
+  the ``Gather`` of the winners, scaled like the MaxPool that picks them; the running sums that
+  pick the winners are indices, not spikes, and drive no synapse.
 """
 from __future__ import annotations
 
@@ -47,8 +50,9 @@ PASS_THROUGH = {
     "Flatten": 1, "Reshape": 1, "Transpose": 1, "Squeeze": 1, "Unsqueeze": 1, "Identity": 1,
     "Pad": 1, "Concat": 1, "Add": 1, "Sub": 1, "Mul": 1, "Div": 1, "Cast": 1, "Dropout": 1,
     "Split": 1, "Slice": 1, "GlobalAveragePool": 1, "GlobalMaxPool": 1,
-    "AveragePool": "pool", "MaxPool": "pool",
+    "AveragePool": "pool", "MaxPool": "pool", "CumSum": 1, "GatherElements": 1,
 }
+INDEX_OPS = ("Gather", "GatherElements")  # input 1 holds indices: no spikes pass through it
 # ops that consume spikes without synapses (the output mean over T, shape bookkeeping)
 SINKS = ("ReduceMean", "Shape", "Size", "Softmax", "LogSoftmax", "ArgMax")
 
@@ -168,6 +172,7 @@ class _Graph:
                 if i:
                     self.consumers.setdefault(i, []).append(n)
         self.outputs = {o.name for o in g.output}
+        self.producer = {o: n for n in g.node for o in n.output if o}
         self._shapes: dict[str, tuple] | None = None
         self._model = model
 
@@ -241,6 +246,12 @@ def _receivers(g: _Graph, tensor: str, factor: float, notes: list[str], depth: i
             out.append((label, factor * f))
         elif op in SINKS:
             continue
+        elif op in INDEX_OPS and tensor not in node.input[:1]:
+            continue  # the winners of a lateral pool, not spikes
+        elif op == "Gather":  # lateral pooling: the data goes on as through the MaxPool that picks it
+            picker = g.producer.get(node.input[1]) if len(node.input) > 1 else None
+            f = _pool_factor(picker) if picker is not None and picker.op_type == "MaxPool" else 1.0
+            out.extend(_receivers(g, node.output[0], factor * f, notes, depth + 1))
         else:
             how = PASS_THROUGH.get(op)
             if how is None:
