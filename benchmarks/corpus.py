@@ -86,10 +86,10 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
         row["rel_error_avgpool"] = _avgpool_error(spec, m, cfg, x, threads, allow_inexact=row["converted"] == "inexact")
         row["avgpool_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        y = _snn_logits(m, cfg, x, threads, maxpool="lateral", allow_inexact=row["converted"] == "inexact")
-        row["rel_error_lateral"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
-        row["agreement_lateral"] = float((y.argmax(1) == ann.argmax(1)).mean())
-        row["lateral_s"] = round(time.perf_counter() - t, 1)
+        y = _snn_logits(m, cfg, x, threads, maxpool="spikes", allow_inexact=row["converted"] == "inexact")
+        row["rel_error_spikes"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
+        row["agreement_spikes"] = float((y.argmax(1) == ann.argmax(1)).mean())
+        row["spikes_s"] = round(time.perf_counter() - t, 1)
     return row
 
 
@@ -138,14 +138,14 @@ def _converted(r: dict) -> str:
 
 def results_table(rows: list[dict]) -> list[str]:
     out = ["| model | opset | nodes | neurons | MaxPools | converted | top-1 agreement | rel. error | "
-           "rel. error, AvgPool in both | `--maxpool lateral`: agreement, rel. error | ANN classes | convert s |",
+           "rel. error, AvgPool in both | `--maxpool spikes`: agreement, rel. error | ANN classes | convert s |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["converted"] == "refused":
             out.append(f"| {r['name']} | {r['opset']} | {r['nodes']} | - | - | {_converted(r)} | - | - | - | - | - | - |")
             continue
         avg = f"{r['rel_error_avgpool']:.3f}" if "rel_error_avgpool" in r else "-"
-        lat = (f"{100 * r['agreement_lateral']:.1f} %, {r['rel_error_lateral']:.3f}" if "rel_error_lateral" in r
+        lat = (f"{100 * r['agreement_spikes']:.1f} %, {r['rel_error_spikes']:.3f}" if "rel_error_spikes" in r
                else "-")
         out.append(f"| {r['name']} | {r['opset']} | {r['nodes']} | {r['neurons']} | {r['maxpools']} | "
                    f"{_converted(r)} | {100 * r['agreement']:.1f} % | {r['rel_error']:.3f} | {avg} | {lat} | "
@@ -205,7 +205,7 @@ def whatconverts(rows: list[dict]) -> str:
 
 def write(rows: list[dict], out: Path, args) -> None:
     seconds = sum(r.get("build_s", 0) + r.get("convert_s", 0) + r.get("eval_s", 0) + r.get("avgpool_s", 0)
-                  + r.get("lateral_s", 0) for r in rows)
+                  + r.get("spikes_s", 0) for r in rows)
     lines = [f"# Corpus benchmark (T={args.T}, psi={args.psi})", "",
              "`python benchmarks/corpus.py` converts every model of `tests/corpus.py` (no downloads: "
              "small-width torch architectures with seeded random weights exported at opsets 11-20, and "
@@ -221,11 +221,12 @@ def write(rows: list[dict], out: Path, args) -> None:
              f"- converted: exact, or inexact (ops refused by default, converted with `allow_inexact`); "
              f"convert s: the whole conversion (thresholds, rewrite, bias calibration) with "
              f"{max(1, 1024 // args.T)} samples per onnxruntime run.",
-             "- MaxPools: MaxPool nodes in the spiking part, run per timestep on spike maps (the default). "
+             "- MaxPools: MaxPool nodes in the spiking part, pooled by lateral inhibition (the default: each window "
+             "passes its input with the most spikes so far). "
              "\"rel. error, AvgPool in both\": the same conversion with `--maxpool avg` against the ANN with "
              "AveragePool in place of MaxPool (relative to the spread of that ANN's logits): what is left "
-             "once the MaxPools are out of the comparison. \"`--maxpool lateral`\": the same conversion with "
-             "lateral-inhibition pooling (each window passes its input with the most spikes so far) against "
+             "once the MaxPools are out of the comparison. \"`--maxpool spikes`\": the same conversion with "
+             "MaxPool applied per timestep on the spike maps (the default before lateral pooling), against "
              "the unchanged ANN.", ""]
     lines += results_table(rows)
     done = [r for r in rows if r["converted"] != "refused"]

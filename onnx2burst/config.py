@@ -19,10 +19,10 @@ from .errors import ConfigError
 __all__ = ["MAXPOOL_MODES", "THRESHOLD_METHODS", "LayerConfig", "ThresholdConfig", "ImageOptions",
            "CalibrationConfig", "ConvertConfig"]
 
-#: MaxPool handling (§3). "spikes": keep MaxPool, applied per timestep on the spike maps
-#: (the default: measured best at low T, see ``onnx2burst.graph.maxpool``); "avg": AveragePool
-#: instead; "lateral": lateral inhibition, each window passes its input with the most spikes so far.
-MAXPOOL_MODES = ("spikes", "avg", "lateral")
+#: MaxPool handling (§3). "lateral" (the default: measured best, see ``onnx2burst.graph.maxpool``):
+#: lateral inhibition, each window passes its input with the most spikes so far; "spikes": keep
+#: MaxPool, applied per timestep on the spike maps; "avg": AveragePool instead.
+MAXPOOL_MODES = ("lateral", "spikes", "avg")
 #: Threshold rule (§4). "search": the 95-candidate error search; "max": theta = channel max
 #: (plain max-normalisation, the classic baseline).
 THRESHOLD_METHODS = ("search", "max")
@@ -143,7 +143,7 @@ class ConvertConfig:
 
     T: timesteps; psi: most spikes per step; tau: threshold ratio (neurons fire at tau*vth).
     ``layers`` maps a neuron name (as ``onnx2burst inspect`` lists it) to a ``LayerConfig``
-    overriding psi/tau for that neuron only. maxpool: "spikes", "avg" or "lateral" (§3).
+    overriding psi/tau for that neuron only. maxpool: "lateral", "spikes" or "avg" (§3).
     per_timestep_output: add a second output ``<name>_per_timestep`` ``[T, N, K]``.
     bias_calibration: run §5 after the thresholds. allow_inexact: convert even when ops
     between neurons cannot be converted exactly (§3).
@@ -152,7 +152,7 @@ class ConvertConfig:
     T: int = 8
     psi: int = 4
     tau: float = 1.0
-    maxpool: str = "spikes"
+    maxpool: str = "lateral"
     per_timestep_output: bool = False
     bias_calibration: bool = True
     allow_inexact: bool = False

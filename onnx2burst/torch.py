@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from typing import Dict, List
@@ -181,19 +182,38 @@ def _op(node, a, xs):  # noqa: C901 - one branch per op
         strides = list(a.get("strides", [1] * nd))
         ceil = bool(a.get("ceil_mode", 0))
         if op == "MaxPool":
-            if len(node.output) > 1 and node.output[1]:
-                raise NotImplementedError(f"node {node.name!r} (MaxPool): Indices output not supported")
+            indices = len(node.output) > 1 and bool(node.output[1])
             dil = list(a.get("dilations", [1] * nd))
             if pads[:nd] != pads[nd:]:
+                if indices:
+                    raise NotImplementedError(f"node {node.name!r} (MaxPool): Indices with asymmetric pads")
                 x = F.pad(x, _pads_torch(pads), value=float("-inf"))
                 pads = [0] * 2 * nd
             mp = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[nd]
-            return [mp(x, k, strides, pads[:nd], dil, ceil)]
+            if not indices:
+                return [mp(x, k, strides, pads[:nd], dil, ceil)]
+            if a.get("storage_order", 0):
+                raise NotImplementedError(f"node {node.name!r} (MaxPool): column-major Indices")
+            y, i = mp(x, k, strides, pads[:nd], dil, ceil, return_indices=True)
+            # torch counts within each (n, c) plane; ONNX over the whole flattened tensor
+            plane = math.prod(x.shape[2:])
+            base = torch.arange(x.shape[0] * x.shape[1], device=x.device).reshape(x.shape[:2] + (1,) * nd) * plane
+            return [y, i + base]
         cip = bool(a.get("count_include_pad", 0))
         if pads[:nd] != pads[nd:]:
             raise NotImplementedError(f"node {node.name!r} (AveragePool): asymmetric pads not supported")
         ap = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
         return [ap(x, k, strides, pads[:nd], ceil, cip)]
+    if op == "CumSum":
+        if a.get("exclusive", 0) or a.get("reverse", 0):
+            raise NotImplementedError(f"node {node.name!r} (CumSum): exclusive/reverse not supported")
+        return [torch.cumsum(x, dim=int(xs[1].reshape(-1)[0]))]
+    if op == "ArgMax":
+        if a.get("select_last_index", 0):
+            raise NotImplementedError(f"node {node.name!r} (ArgMax): select_last_index not supported")
+        return [torch.argmax(x, dim=int(a.get("axis", 0)), keepdim=bool(a.get("keepdims", 1)))]
+    if op == "GatherElements":
+        return [torch.gather(x, int(a.get("axis", 0)), xs[1].to(torch.int64))]
     if op == "GlobalAveragePool":
         return [torch.mean(x, dim=list(range(2, x.dim())), keepdim=True)]
     if op == "GlobalMaxPool":
@@ -253,7 +273,7 @@ def _op(node, a, xs):  # noqa: C901 - one branch per op
 
 SUPPORTED_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Relu Softmax Identity Flatten Reshape Transpose Tile
 ReduceMean ReduceSum AveragePool MaxPool GlobalAveragePool GlobalMaxPool Concat Shape Slice Gather Unsqueeze
-Squeeze Pad Constant BurstIF""".split())
+Squeeze Pad Constant BurstIF CumSum ArgMax GatherElements""".split())
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:

@@ -910,7 +910,7 @@ def random_dag(rng: np.random.Generator, *, max_nodes: int = 7, size: int | None
 CLAIMS = {
     "neuron": "becomes a BurstIF neuron",
     "exact": "exact (runs unchanged on the time-folded batch)",
-    "per timestep": "approximate: per timestep on spike maps (max of spikes is not the max of rates)",
+    "per timestep": "lateral inhibition: the input with the most spikes so far wins (converges as T grows)",
     "after the mean": "exact: moved after the mean over T",
     "refused": "refused, named by node (converts per timestep with --allow-inexact)",
 }
@@ -935,7 +935,8 @@ FAMILIES = [
     ("Shape computations", ("Shape", "Size", "ConstantOfShape", "Range", "Equal", "Less", "Greater", "Where",
                             "NonZero"), "exact", "default", "a shape taken before the time expansion is refused"),
     ("Max pooling", ("MaxPool", "GlobalMaxPool"), "per timestep", "default",
-     "default --maxpool spikes; --maxpool avg swaps in AveragePool (changes the ANN)"),
+     "default --maxpool lateral; --maxpool spikes: MaxPool per timestep on spike maps (max of spikes is not the "
+     "max of rates; exports to NIR with --lossy); --maxpool avg swaps in AveragePool (changes the ANN)"),
     ("Classifier heads at the output", ("Softmax", "LogSoftmax", "ArgMax"), "after the mean", "tail", ""),
     ("Heads between layers", ("Softmax", "LogSoftmax", "ArgMax"), "refused", "between", ""),
     ("Products of two spiking tensors", ("Mul", "Div", "MatMul", "Einsum"), "refused", "two spiking",

@@ -314,9 +314,20 @@ def test_psi_above_one_warns_per_layer(tmp_path):
     assert len(res.losses) == 3
 
 
+def test_lateral_pooling_refused_even_lossy(tmp_path):
+    """The default --maxpool lateral has no NIR form: one issue naming the pool and the way out."""
+    m = fm.maxpool_net()
+    snn = onnx2burst.convert(m, fm.inputs(m, 32), T=4, psi=1, samples=32)
+    for lossy in (False, True):
+        with pytest.raises(UnsupportedModelError, match=r"pool0 \(MaxPool, --maxpool lateral\).*--maxpool spikes") as e:
+            export_nir(snn, tmp_path / "lat.nir", lossy=lossy)
+        assert [i[0] for i in e.value.issues] == ["pool0"]
+    assert not (tmp_path / "lat.nir").exists()
+
+
 def test_maxpool_refused_then_lossy(tmp_path):
     m = fm.maxpool_net(softmax=True)
-    snn = onnx2burst.convert(m, fm.inputs(m, 32), T=4, psi=1, samples=32)
+    snn = onnx2burst.convert(m, fm.inputs(m, 32), T=4, psi=1, samples=32, maxpool="spikes")
     with pytest.raises(UnsupportedModelError, match=r"pool0 \(MaxPool\).*--lossy") as e:
         export_nir(snn, tmp_path / "mp.nir")
     assert {op for _, op, _ in e.value.issues} == {"MaxPool", "Softmax"}
@@ -390,7 +401,7 @@ def test_cli_help_and_errors(tmp_path):
     assert res.exit_code != 0 and "not a readable ONNX" in res.output
     snn = tmp_path / "mp.snn.onnx"
     m = fm.maxpool_net()
-    onnx.save(onnx2burst.convert(m, fm.inputs(m, 16), T=2, psi=1, samples=16), snn)
+    onnx.save(onnx2burst.convert(m, fm.inputs(m, 16), T=2, psi=1, samples=16, maxpool="spikes"), snn)
     res = r.invoke(main, ["export-nir", str(snn)])
     assert res.exit_code != 0 and "pool0 (MaxPool)" in res.output and "--lossy" in res.output
     res = r.invoke(main, ["export-nir", str(snn), "--lossy"])

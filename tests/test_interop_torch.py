@@ -125,3 +125,12 @@ def test_anytime_output_from_torch_and_onnxruntime():
     t_mean, t_per = otorch.load(snn)(torch.from_numpy(x))
     np.testing.assert_allclose(t_per.numpy(), per_t, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(t_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["spikes", "lateral"])
+def test_maxpool_snn_matches_onnxruntime(mode):
+    """Per-step MaxPool and lateral pooling (CumSum, MaxPool Indices over the flat tensor, Gather)."""
+    m = fixtures_models.maxpool_net()
+    snn = onnx2burst.convert(m, fixtures_models.inputs(m, 32, seed=7), T=4, psi=2, samples=32, maxpool=mode)
+    x = fixtures_models.inputs(m, 5, seed=3)
+    _check_close(_run(otorch.load(snn), x), ops.make_session(snn).run(None, {"x": x})[0])

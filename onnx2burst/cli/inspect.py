@@ -10,7 +10,7 @@ from .options import cli_errors
 
 @click.command(name="inspect")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--maxpool", type=click.Choice(["spikes", "avg", "lateral"]), default="spikes", show_default=True,
+@click.option("--maxpool", type=click.Choice(["lateral", "spikes", "avg"]), default="lateral", show_default=True,
               help="MaxPool handling to analyse.")
 def inspect(model, maxpool):
     """Show the neurons, analog layers, MaxPool handling, opset and the ops that cannot
@@ -42,7 +42,10 @@ def inspect(model, maxpool):
         for name, op in a.analog_layers:
             t.add_row("", name, "analog", op, "", "")
         for name in a.maxpools:
-            t.add_row("", name, "per timestep", "MaxPool", "", "max of spike maps, not of rates")
+            if a.maxpool == "lateral":
+                t.add_row("", name, "lateral", "MaxPool", "", "passes the input with the most spikes so far")
+            else:
+                t.add_row("", name, "per timestep", "MaxPool", "", "max of spike maps, not of rates")
         for name in a.output_tail:
             t.add_row("", name, "after mean", "", "", "moved after the mean over T")
         for i in a.inexact:

@@ -71,9 +71,10 @@ snn_options = _compose(
                  help="Most spikes a neuron emits per timestep (burst size)."),
     click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                  help="Threshold ratio: neurons fire at tau*vth, each spike worth tau*vth."),
-    click.option("--maxpool", type=click.Choice(["spikes", "avg", "lateral"]), default="spikes", show_default=True,
-                 help="MaxPool: per timestep on spikes (measured best at low T); AveragePool instead; or lateral "
-                      "inhibition (each window passes the input with the most spikes so far: converges at large T)."),
+    click.option("--maxpool", type=click.Choice(["lateral", "spikes", "avg"]), default="lateral", show_default=True,
+                 help="MaxPool: lateral inhibition (each window passes the input with the most spikes so far; "
+                      "measured best, converges as T grows); per timestep on spikes (exports to NIR with --lossy); "
+                      "or AveragePool instead (changes the ANN)."),
 )
 
 

@@ -3,26 +3,27 @@
 On spikes, MaxPool per timestep is not max-pooling of rates: the mean over T of the max is
 at least the max of the means. Three options are implemented:
 
-- ``"spikes"`` (default): keep the MaxPool node; it runs per timestep on the spike maps
-  (as the authors' ImageNet ResNet does), and the bias calibration (§5) of the next
-  neurons absorbs part of the bias it adds.
+- ``"lateral"`` (default): lateral inhibition (``onnx2burst.rewrite.rewriter._lateral_pool``):
+  per timestep each window passes the value of its input with the largest sum so far, so the
+  output rate converges to the max of the input rates as T grows.
+- ``"spikes"``: keep the MaxPool node; it runs per timestep on the spike maps (as the
+  authors' ImageNet ResNet does), and the bias calibration (§5) of the next neurons absorbs
+  part of the bias it adds. Its error does not shrink with T. It exports to NIR (--lossy).
 - ``"avg"``: replace every MaxPool by an AveragePool of the same window (and
   GlobalMaxPool by GlobalAveragePool) *in the ANN too*, so the thresholds and the bias
   calibration target the changed ANN. Exact under rate coding, but it changes the ANN.
-- ``"lateral"``: lateral inhibition (``onnx2burst.rewrite.rewriter._lateral_pool``): per
-  timestep each window passes the value of its input with the largest sum so far, so the
-  output rate converges to the max of the input rates as T grows (per-timestep MaxPool keeps
-  its bias at any T).
 
 Measured on the Fashion-MNIST VGG with MaxPool (models/zoo/vgg_max_fmnist.onnx, ANN 94.37 %
-top-1 on the 10k test images, 512 calibration samples; benchmarks/convert_acceptance.py,
-results in benchmarks/results/convert.md):
+top-1 on the 10k test images, 512 calibration samples, psi = 4; the "avg" row from
+benchmarks/convert_acceptance.py, results in benchmarks/results/convert.md):
 
-    setting             T=8 psi=4   T=16 psi=4
-    "spikes" (default)    94.09 %     93.97 %
-    "avg"                 64.39 %     64.71 %   (the ANN itself with AveragePool: 65.16 %)
+    setting              T=4        T=8        T=16
+    "lateral" (default)  94.05 %    94.15 %    see benchmarks/results/convert.md
+    "spikes"             93.94 %    94.09 %    93.97 %
+    "avg"                   -       64.39 %    64.71 %   (the ANN itself with AveragePool: 65.16 %)
 
-Swapping in AveragePool without retraining breaks the ANN itself, so "spikes" is the default.
+On random-weight networks at T=128 (benchmarks/results/corpus.md) lateral pooling tracks the
+ANN where MaxPool per timestep keeps a large error (VGG-16: see the corpus table).
 """
 from __future__ import annotations
 

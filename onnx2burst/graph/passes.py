@@ -36,7 +36,7 @@ class Canonical:
     notes: list[str] = field(default_factory=list)
 
 
-def canonicalize(model: onnx.ModelProto, *, maxpool: str = "spikes") -> Canonical:
+def canonicalize(model: onnx.ModelProto, *, maxpool: str = "lateral") -> Canonical:
     """Run the canonicalisation passes on a copy of ``model``."""
     m = onnx.ModelProto()
     m.CopyFrom(model)

@@ -70,6 +70,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import ConfigError, GraphError, UnsupportedModelError
 from ..ops.schema import DOMAIN, OP_TYPE
+from ..rewrite.rewriter import LATERAL_TAG
 
 __all__ = ["NIRExport", "NIRExportWarning", "NIRUnsupportedError", "to_nir", "export_nir", "SUPPORTED_OPS"]
 
@@ -242,8 +243,19 @@ class _Builder:
             self.nodes[name] = nir.Input(input_type={"input": np.array(shape)}, metadata={"onnx_input": vi.name})
             self.vals[vi.name] = _Val((name,), shape, "static")
         keep = self.data_nodes()
+        lateral_seen: set[str] = set()
         for i, node in enumerate(self.g.node):
             if i not in keep or node.op_type == "Constant":
+                continue
+            if node.doc_string.startswith(LATERAL_TAG):  # one issue per lateral pool, not per node
+                pool = node.doc_string[len(LATERAL_TAG):]
+                if pool not in lateral_seen:
+                    lateral_seen.add(pool)
+                    self.issues.append((pool, "MaxPool, --maxpool lateral",
+                                        "NIR has no lateral-inhibition pooling, even approximately; convert with "
+                                        "--maxpool spikes, whose MaxPool --lossy approximates by SumPool2d"))
+                for o in node.output:
+                    self.vals[o] = _BROKEN
                 continue
             x = self.vals.get(node.input[0]) if node.input else None
             if any(self.vals.get(i) is _BROKEN for i in node.input if i):

@@ -75,7 +75,7 @@ class Analysis:
     opset: int
     notes: list[str] = field(default_factory=list)
     shape_issues: list[OpIssue] = field(default_factory=list)
-    maxpool: str = "spikes"                         # how the SNN pools (§3): "spikes" or "lateral"
+    maxpool: str = "lateral"                        # how the SNN pools (§3): "lateral" or "spikes"
 
     def neuron(self, name: str) -> Neuron:
         for n in self.neurons:
@@ -164,7 +164,7 @@ def _bias_target(idx: GraphIndex, tensor: str, depth: dict[str, int]) -> BiasTar
     return None
 
 
-def analyze(canonical: Canonical, maxpool: str = "spikes") -> Analysis:
+def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
     """Analyse the canonical ANN (see the module docstring); ``maxpool`` only words the note."""
     model = canonical.model
     idx = GraphIndex(model.graph)

@@ -123,7 +123,7 @@ def _shape(node, ctx):
 # ------------------------------------------------------------------ pooling by max
 @register("MaxPool", "GlobalMaxPool")
 def _maxpool(node, ctx):
-    return Mark(Kind.MAXPOOL, "max of spike maps per timestep (not the max of rates)")
+    return Mark(Kind.MAXPOOL, "max pooling of spikes: lateral inhibition (default) or per timestep (--maxpool)")
 
 
 # ------------------------------------------------------------------ output tail and non-linear ops

@@ -165,6 +165,10 @@ def _output_means(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, pe
     return outputs, per_t_outputs
 
 
+#: doc_string prefix of every node of a lateral pool (then the MaxPool's name), for exporters
+LATERAL_TAG = "onnx2burst lateral pooling: "
+
+
 def _lateral_pool(g, idx: GraphIndex, node: onnx.NodeProto, T: int) -> None:
     """Lateral-inhibition max pooling (§3), in standard ops, in place of ``node``.
 
@@ -213,6 +217,8 @@ def _lateral_pool(g, idx: GraphIndex, node: onnx.NodeProto, T: int) -> None:
             helper.make_node("Concat", [lead, ones], [out_shape], name=f("out_shape_of"), axis=0),
             helper.make_node("Reshape", [picked, out_shape], [y], name=node.name),
         ]
+    for n in nodes:
+        n.doc_string = LATERAL_TAG + node.name
     idx.remove_nodes([node])
     g.node.extend(nodes)
 
