@@ -18,7 +18,7 @@ top-1 on the 10k test images, 512 calibration samples, psi = 4; the "avg" row fr
 benchmarks/convert_acceptance.py, results in benchmarks/results/convert.md):
 
     setting              T=4        T=8        T=16
-    "lateral" (default)  94.05 %    94.15 %    see benchmarks/results/convert.md
+    "lateral" (default)  94.05 %    94.15 %    94.21 %
     "spikes"             93.94 %    94.09 %    93.97 %
     "avg"                   -       64.39 %    64.71 %   (the ANN itself with AveragePool: 65.16 %)
 
