@@ -206,6 +206,7 @@ def blocked_session(model, *, threads: int | None = None, providers=None, probe_
         if not moved:
             return plain, 0
         so = session_options(kernel=True, threads=threads, optimization="disable", spinning=spinning)
+        so.log_severity_level = 4  # a failed probe is handled here; onnxruntime need not print it
         try:
             fast = ort.InferenceSession(rewritten.SerializeToString(), so, providers=providers)
             feeds = feeds or _probe_feeds(plain, probe_batch)
