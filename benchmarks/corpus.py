@@ -178,23 +178,24 @@ the ANN. Refused ops are listed by node name before any calibration data is read
 """
 
 WHAT_OUTRO = """
-MaxPool is the one approximation on by default, and the corpus measures it. At T=128, psi=8
-(random weights, standard-normal inputs) the models with MaxPool track their ANN with relative
-errors of 0.03-0.73 (VGG-16, five MaxPools: 0.73, 38 % top-1 agreement), and the same
-conversions with AveragePool in place of MaxPool in both the ANN and the SNN (`--maxpool avg`)
-with 0.01-0.08 (DenseNet aside: with AveragePool its ANN predicts one class for every input);
-the models without MaxPool track within 0.02-0.11. Layer by layer (VGG-16 at T=32, psi=4), the
-first MaxPool on spike maps takes the relative error of the next layer from 2 % to 15 %, while
-with AveragePool every layer stays within 1-3 % of the ANN. On the trained MaxPool VGG
-of `benchmarks/results/convert.md`, MaxPool on spikes stays within 0.3 points of the ANN at
-T=8, while `--maxpool avg` changes the ANN itself (65 %), so it stays the default.
+MaxPool is the one approximation on by default, and the corpus measures it. By default it pools
+by lateral inhibition (each window passes its input with the most spikes so far), which
+converges as T grows. At T=128, psi=8 (random weights, standard-normal inputs) the models with
+MaxPool track their ANN with relative errors of 0.01-0.29 (VGG-16, five MaxPools: 0.29 and
+77 % top-1 agreement; 0.22 and 86 % at T=512), against 0.03-0.73 with MaxPool applied per
+timestep on the spike maps (`--maxpool spikes`; VGG-16: 0.73, 38 %), whose error does not
+shrink with T. With AveragePool in place of MaxPool in both the ANN and the SNN
+(`--maxpool avg`) the same conversions reach 0.01-0.08 (DenseNet aside: with AveragePool its
+ANN predicts one class for every input); the models without MaxPool track within 0.02-0.11. On
+the trained MaxPool VGG (`benchmarks/results/convert.md`) lateral pooling gives 94.05 / 94.15 /
+94.21 % at T = 4 / 8 / 16 against 93.94 / 94.09 / 93.97 % per timestep (ANN 94.37 %), while
+`--maxpool avg` changes the ANN itself (65 %).
 
 Exports from torch (TorchScript exporter, opsets 11, 13, 17, 20: the same network gives the
 same SNN at every opset) and from older exporters (opsets 7-9: weights among the graph inputs,
 `Sum`, Constant/ConstantOfShape weights, BatchNorm unfused or as Mul/Add, hard-coded batch 1 in
 Reshape and `Flatten(axis=0)`, Clip with attributes, Upsample) convert; models below opset 13
-are upgraded with `onnx.version_converter`. (ShuffleNetV2 exported at opsets 17 and 20 is, for
-now, refused by the memory pre-check: see `benchmarks/results/corpus.md`.)
+are upgraded with `onnx.version_converter`.
 """
 
 
