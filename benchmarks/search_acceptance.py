@@ -25,6 +25,7 @@ def main(argv=None):
     ap.add_argument("--search-samples", type=int, default=256)
     ap.add_argument("--taus", default="1:10:0.5", help="SSC tau grid, e.g. 1:3:0.1,3.5:10:0.5")
     ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
+    ap.add_argument("--z", type=float, default=0.0, help="SSC: candidates at S + z * SE (0: the paper's rule)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
 
@@ -50,7 +51,7 @@ def main(argv=None):
             if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                 t0 = time.perf_counter()
                 res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus))
+                             taus=S.parse_grid(args.taus), ssc_z=args.z)
                 secs = time.perf_counter() - t0
                 t_bsr = sum(v for k, v in res.timings.items() if k.startswith("bsr"))
                 if "+BSR" in want:
@@ -59,7 +60,7 @@ def main(argv=None):
             if "+SSC" in want:
                 t0 = time.perf_counter()
                 res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus))
+                             taus=S.parse_grid(args.taus), ssc_z=args.z)
                 rows["+SSC"] = (res.model, time.perf_counter() - t0)
             if "+BSR+SSC" in want:
                 rows["+BSR+SSC"] = both
@@ -74,7 +75,8 @@ def main(argv=None):
                 lines.append(line)
     text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
             f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
-            f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}.\n\n" + "\n".join(lines) + "\n")
+            f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
+            + (f", candidates at S + {args.z:g} SE" if args.z else "") + ".\n\n" + "\n".join(lines) + "\n")
     Path(args.out).write_text(text)
     print(text)
 

@@ -50,6 +50,35 @@ def test_matches_the_changed_snn(setup, layer, kind, value):
     assert table.synops[i, j] == pytest.approx(table.spikes[i, j] * table.fanout[i])
 
 
+@pytest.mark.parametrize("layer,value", [("relu1", 3.0), ("relu2", 1.5)])
+def test_standard_error_of_the_paired_difference(setup, layer, value):
+    """se[i, k]: std of (sample KL with layer i changed - sample KL of the baseline) / sqrt(n)."""
+    from onnx2burst.tuning.sensitivity import symmetric_kl
+
+    ann, snn, x, m, vth, a = setup
+    base, _ = reference_run(snn, x)
+    changed, _ = reference_run(snn_model(T=T, psi=PSI, vth=vth, tau={layer: value}), x)
+    d = symmetric_kl(a, changed) - symmetric_kl(a, base)
+    i, j = m.tau.layers.index(layer), m.tau.column(value)
+    assert m.tau.se[i, j] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-4, abs=1e-12)
+    assert np.all(m.tau.se[:, m.tau.column(1.0)] == 0)
+
+
+def test_ssc_with_a_noise_margin(setup):
+    """z > 0: the DP optimum over S + z*SE, never cheaper than z = 0, and z = 0 is the plain rule."""
+    *_, m, _, _ = setup
+    E = m.tau.energy("spikes")
+    plain = S.choose_ssc(m.tau, r=1.5)
+    assert S.choose_ssc(m.tau, r=1.5, z=0.0).choice == plain.choice
+    for z in (0.5, 2.0):
+        c = S.choose_ssc(m.tau, r=1.5, z=z)
+        assert c.budget == pytest.approx(plain.budget)  # the baseline column has SE 0
+        assert c.chosen[0] == pytest.approx(_brute(m.tau.S + z * m.tau.se, E, c.budget))
+        assert c.chosen[0] >= plain.chosen[0] - 1e-9
+    with pytest.raises(ConfigError, match="z must be >= 0"):
+        S.choose_ssc(m.tau, z=-1)
+
+
 def test_defaults_are_the_baseline(setup):
     ann, snn, x, m, vth, a = setup
     logits, spikes = reference_run(snn, x)

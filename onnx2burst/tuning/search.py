@@ -111,6 +111,7 @@ class Table:
     spikes: np.ndarray
     synops: np.ndarray
     fanout: tuple[float, ...]
+    se: np.ndarray | None = None  # standard error of S[i, k] - S(baseline), from per-sample pairs
 
     def energy(self, mode: str = "spikes") -> np.ndarray:
         if mode not in ENERGY_MODES:
@@ -126,7 +127,8 @@ class Table:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": list(self.layers), "candidates": list(self.candidates),
                 "defaults": list(self.defaults), "fanout": list(self.fanout),
-                "S": self.S.tolist(), "spikes": self.spikes.tolist(), "synops": self.synops.tolist()}
+                "S": self.S.tolist(), "spikes": self.spikes.tolist(), "synops": self.synops.tolist(),
+                "se": None if self.se is None else self.se.tolist()}
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,9 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
 
     L = len(neurons)
     kl = {"psi": np.zeros((L, len(psis or ()))), "tau": np.zeros((L, len(taus or ())))}
+    # sums of d and d^2, d = a sample's KL with the candidate minus its KL in the baseline SNN
+    d1 = {k: np.zeros_like(v) for k, v in kl.items()}
+    d2 = {k: np.zeros_like(v) for k, v in kl.items()}
     spk = {"psi": np.zeros((L, len(psis or ()))), "tau": np.zeros((L, len(taus or ())))}
     base_kl, base_spk = 0.0, np.zeros(L)
     t_base = t_cell = t_tail = t_kl = 0.0
@@ -426,7 +431,8 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             env[sg.input] = x
             t_base += time.perf_counter() - t
             t = time.perf_counter()
-            base_kl += float(symmetric_kl(a_logits, env[sg.logits]).sum())
+            base_n = symmetric_kl(a_logits, env[sg.logits])
+            base_kl += float(base_n.sum())
             base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
             t_kl += time.perf_counter() - t
             advance(1)
@@ -446,7 +452,10 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     lg = tail.run([sg.logits], feeds)[0]
                     t_tail += time.perf_counter() - t
                     t = time.perf_counter()
-                    kl[kind][i, j] += float(symmetric_kl(a_logits, lg).sum())
+                    kl_n = symmetric_kl(a_logits, lg)
+                    kl[kind][i, j] += float(kl_n.sum())
+                    d1[kind][i, j] += float((kl_n - base_n).sum())
+                    d2[kind][i, j] += float(((kl_n - base_n) ** 2).sum())
                     spk[kind][i, j] += float(s.sum())
                     t_kl += time.perf_counter() - t
                     advance(1, description=f"sensitivity {nr.name} {kind}")
@@ -466,9 +475,11 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     S[i, j], E[i, j] = base_S, base_spikes[i]
         fo = np.array([fanout[nr.name] for nr in neurons])
         keep = np.array(active, dtype=int)
+        var = np.maximum(d2[kind] - d1[kind] ** 2 / n, 0.0) / max(n - 1, 1)
+        se = np.sqrt(var / n)  # 0 at each layer's own value (d = 0 for every sample)
         return Table(kind, tuple(neurons[i].name for i in keep), tuple(cands),
                      tuple(default_of(neurons[i]) for i in keep), S[keep], E[keep],
-                     E[keep] * fo[keep, None], tuple(float(f) for f in fo[keep]))
+                     E[keep] * fo[keep, None], tuple(float(f) for f in fo[keep]), se[keep])
 
     timings["total"] = time.perf_counter() - t0
     return Measurement(
@@ -510,8 +521,12 @@ def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.
 
 
 def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
-               reference_tau: float = 1.0) -> SearchChoice:
+               reference_tau: float = 1.0, z: float = 0.0) -> SearchChoice:
     """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1).
+
+    z > 0 counts each candidate at S + z * SE (``table.se``: the standard error of its
+    per-sample difference to the baseline), so that a tau whose gain is within the noise of
+    the search samples does not spend the budget. z = 0 is the paper's rule.
 
     (After BSR the budget is still that of the SNN SSC starts from. Budgeting against the
     uniform-psi SNN's sensitivity instead, to spend what BSR saved, was measured too loose:
@@ -524,9 +539,14 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
     t = time.perf_counter()
     E = table.energy(energy)
     j = table.column(reference_tau)
-    budget, rule = r * float(table.S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
-    res = pareto_select(table.S, E, budget, [list(table.candidates)] * len(table.layers))
-    full = pareto_select(table.S, E, float(table.S.max(axis=1).sum())).frontier
+    if z < 0:
+        raise ConfigError(f"z must be >= 0, got {z}")
+    S = table.S + z * table.se if z and table.se is not None else table.S
+    budget, rule = r * float(S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
+    if z:
+        rule += f", candidates at S + {z:g} SE"
+    res = pareto_select(S, E, budget, [list(table.candidates)] * len(table.layers))
+    full = pareto_select(S, E, float(S.max(axis=1).sum())).frontier
     return SearchChoice(
         "ssc", "tau", energy, dict(zip(table.layers, (float(c) for c in res.choices))), budget,
         rule, (res.profit, res.cost),
@@ -621,8 +641,12 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          psi_max: int = DEFAULT_PSI_MAX, psi_target: int | None = None, ratio: float = 1.0,
          taus: Sequence[float] = DEFAULT_TAUS, r: float = 1.0, energy: str = "spikes",
          samples: int | None = 256, batch_size: int | None = 32, threads: int | None = None,
-         kernel: bool | None = None, progress=None, show_progress: bool = False) -> TuneResult:
+         kernel: bool | None = None, progress=None, show_progress: bool = False,
+         ssc_z: float = 0.0) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
+
+    ssc_z: SSC counts each candidate at S + ssc_z * SE (see :func:`choose_ssc`); 0 is the
+    paper's rule.
 
     conv: an ``onnx2burst.convert.Converter``; data: its ``CalibrationSet`` (the first
     ``samples`` of it measure the sensitivities; all of it fits thresholds and biases).
@@ -675,7 +699,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
         measurements["ssc"] = m
         ssc_start = dict(settings)
-        c = choose_ssc(m.tau, r=r, energy=energy)
+        c = choose_ssc(m.tau, r=r, energy=energy, z=ssc_z)
         out["ssc"] = c
         timings["ssc measure"] = m.timings["total"]
         settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
