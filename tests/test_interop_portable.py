@@ -1,6 +1,8 @@
 """Portable SNN files (issue: interop) and convert --bsr/--ssc/--portable from the CLI."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from click.testing import CliRunner
@@ -36,9 +38,12 @@ def test_cli_convert_search_and_portable(tmp_path):
     r = CliRunner()
     res = r.invoke(main, ["convert", str(src), "--T", "4", "--psi", "2", "--calib", str(tmp_path / "calib.npz"),
                           "--calib-samples", "32", "--batch-size", "16", "--bsr", "--ssc", "--psi-max", "3",
-                          "--tau-grid", "1:2:0.5", "--search-samples", "16", "--portable", "-q", "-o", str(out)])
+                          "--tau-grid", "1:2:0.5", "--ssc-z", "1", "--search-samples", "16", "--portable", "-q",
+                          "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert "psi/tau" in res.output
+    meta = {p.key: p.value for p in load_model(out).metadata_props}
+    assert "+ 1 SE" in json.loads(meta["onnx2burst.search"])["ssc"]["rule"]
     snn = load_model(out)
     assert is_portable(snn)
     onnx.checker.check_model(snn, full_check=True)

@@ -232,6 +232,12 @@ def test_cli(tmp_path):
     assert res.exit_code == 0, res.output
     pts = json.loads((out / "search.json").read_text())["r_sweep"]["points"]
     assert [p["r"] for p in pts] == [1.0, 3.0] and all(p["top1"] == pytest.approx(p["agreement"]) for p in pts)
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "", "--ssc-z", "1"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "search.json").read_text())
+    assert "+ 1 SE" in doc["choices"]["ssc"]["budget_rule"] and doc["measurements"]["ssc"]["tau"]["se"]
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--ssc-z", "-1"])
+    assert res.exit_code != 0 and "--ssc-z" in res.output
     res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "0,1"])
     assert res.exit_code != 0 and "--r-sweep" in res.output
     res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", ""])

@@ -736,7 +736,7 @@ class SweepPoint:
 
 
 def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, energy: str = "spikes",
-            threads: int | None = None, progress=None) -> tuple[SweepPoint, list[SweepPoint]]:
+            threads: int | None = None, progress=None, z: float = 0.0) -> tuple[SweepPoint, list[SweepPoint]]:
     """SSC at each budget ``r`` (§8) from the tau table ``tune`` measured: choose, rebuild
     (biases recalibrated), evaluate on ``eval_data`` -- the accuracy/spikes trade-off to pick from.
 
@@ -754,10 +754,11 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
         settings, feasible = dict(start), True
         if r is not None:
             try:
-                choice = choose_ssc(table, r=r, energy=energy).choice
+                choice = choose_ssc(table, r=r, energy=energy, z=z).choice
             except InfeasibleBudgetError:  # below every configuration: the least sensitive one
                 feasible = False
-                choice = {name: float(table.candidates[int(np.argmin(table.S[i]))]) for i, name in enumerate(table.layers)}
+                s_eff = table.S + z * table.se if z and table.se is not None else table.S
+                choice = {name: float(table.candidates[int(np.argmin(s_eff[i]))]) for i, name in enumerate(table.layers)}
             settings = {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start.items()}
         model = rebuild(conv, data, stats, settings, progress=progress)
         ev = evaluate(conv.source, model, eval_data, threads=threads)
