@@ -138,3 +138,15 @@ def test_cli_errors_are_clean(tmp_path):
     bad = save_model(fm.with_op_between("Sigmoid"), tmp_path / "sig.onnx")
     res = r.invoke(main, ["convert", str(bad), "--calib", str(tmp_path / "bad.npy"), "-q"])
     assert res.exit_code == 1 and "mid_sigmoid" in res.output
+
+
+def test_a_subcommand_that_fails_to_import_is_reported_not_fatal(monkeypatch):
+    from onnx2burst import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "broken-cmd", "onnx2burst.no_such_module:command")
+    r = CliRunner()
+    res = r.invoke(main, ["--help"])
+    assert res.exit_code == 0 and "broken-cmd" in res.output
+    res = r.invoke(main, ["broken-cmd"])
+    assert res.exit_code != 0 and "subcommand 'broken-cmd' failed to load" in res.output
+    assert "no_such_module" in res.output

@@ -38,9 +38,11 @@ class _LazyGroup(click.Group):
         try:
             return getattr(importlib.import_module(mod), attr)
         except Exception as e:  # noqa: BLE001 - show the broken subcommand, keep the others
+            why = repr(e)  # `e` itself is unbound once the except block ends
+
             @click.command(name=name, help=f"(unavailable: {e})")
             def broken():
-                raise click.ClickException(f"subcommand {name!r} failed to load: {e!r}")
+                raise click.ClickException(f"subcommand {name!r} failed to load: {why}")
             return broken
 
 

@@ -301,7 +301,6 @@ class _Builder:
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
 
     def op(self, node, x: _Val):  # noqa: C901 - one branch per op
-        nir = self.nir
         op, a, out = node.op_type, _attrs(node), node.output[0]
         label = node.name or out
         if node.domain == DOMAIN and op == OP_TYPE:

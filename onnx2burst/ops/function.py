@@ -12,7 +12,7 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from .schema import DOMAIN, MIN_OPSET, OP_TYPE, OP_VERSION
+from .schema import DOMAIN, MIN_OPSET, OP_TYPE
 
 _F = TensorProto.FLOAT
 _I = TensorProto.INT64
