@@ -14,11 +14,15 @@ from onnx2burst.rewrite.rewriter import _lateral_pool
 from tests import fixtures_models as fm
 
 
-def _reference(x, T, k, s):
-    """Y[t] = X[t] at the argmax (first on ties) of sum_{u<=t} X[u] in each k x k window, stride s."""
+def _reference(x, T, k, s, pad=0):
+    """Y[t] = X[t] at the argmax (first on ties) of sum_{u<=t} X[u] in each k x k window, stride s
+    (padding never wins: its sum is -inf)."""
+    N = x.shape[0] // T
+    sums = np.cumsum(x.reshape((T, N) + x.shape[1:]), axis=0).reshape(x.shape)
+    if pad:
+        sums = np.pad(sums, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     TN, C, H, W = x.shape
-    N = TN // T
-    sums = np.cumsum(x.reshape(T, N, C, H, W), axis=0).reshape(x.shape)
     Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
     y = np.zeros((TN, C, Ho, Wo), x.dtype)
     for i in range(Ho):
@@ -41,13 +45,14 @@ def _pool_model(op, T, **attrs):
     return m
 
 
-@pytest.mark.parametrize("k,s", [(2, 2), (3, 1), (3, 2)])
-def test_maxpool_subgraph_matches_the_rule(k, s):
+@pytest.mark.parametrize("k,s,pad", [(2, 2, 0), (3, 1, 0), (3, 2, 0), (3, 2, 1)])
+def test_maxpool_subgraph_matches_the_rule(k, s, pad):
     T, N, C = 6, 2, 3
     rng = np.random.default_rng(k * 10 + s)
     x = (rng.integers(0, 4, size=(T * N, C, 7, 8)) * 0.5).astype(np.float32)  # spike-like: ties happen
-    y = ops.make_session(_pool_model("MaxPool", T, kernel_shape=[k, k], strides=[s, s])).run(None, {"x": x})[0]
-    assert np.array_equal(y, _reference(x, T, k, s))
+    attrs = dict(kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4)
+    y = ops.make_session(_pool_model("MaxPool", T, **attrs)).run(None, {"x": x})[0]
+    assert np.array_equal(y, _reference(x, T, k, s, pad))
 
 
 def test_global_maxpool_subgraph_matches_the_rule():
