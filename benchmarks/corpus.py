@@ -83,10 +83,10 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
     row["classes"] = int(ann.shape[1])
     if row["maxpools"] and spec in corpus.MODELS:    # the opset matrix repeats the same architectures
         t = time.perf_counter()
-        row["rel_error_avgpool"] = _avgpool_error(spec, m, cfg, x, threads, allow_inexact=row["converted"] == "inexact")
+        row["rel_error_avgpool"] = _avgpool_error(m, cfg, x, threads, allow_inexact=row["converted"] == "inexact")
         row["avgpool_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
-        y = _snn_logits(m, cfg, x, threads, maxpool="spikes", allow_inexact=row["converted"] == "inexact")
+        y, _ = _snn_logits(m, cfg, x, threads, maxpool="spikes", allow_inexact=row["converted"] == "inexact")
         row["rel_error_spikes"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
         row["agreement_spikes"] = float((y.argmax(1) == ann.argmax(1)).mean())
         row["spikes_s"] = round(time.perf_counter() - t, 1)
@@ -94,31 +94,24 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
 
 
 def _snn_logits(m, cfg, x, threads, **options):
-    """The SNN logits on ``x`` of the conversion of ``m`` with ``cfg`` changed by ``options``."""
+    """(SNN logits on ``x``, the Converter) for the conversion of ``m`` with ``cfg`` changed by ``options``."""
     import dataclasses
 
     from onnx2burst import ops
     from onnx2burst.convert import Converter
 
-    snn = Converter(m, dataclasses.replace(cfg, **options)).run(corpus.inputs(m, CALIB, seed=1)).model
-    sess = ops.make_session(snn, threads=threads)
-    return np.concatenate([sess.run(None, {k: v[s:s + 16] for k, v in x.items()})[0] for s in range(0, EVAL, 16)])
+    conv = Converter(m, dataclasses.replace(cfg, **options))
+    sess = ops.make_session(conv.run(corpus.inputs(m, CALIB, seed=1)).model, threads=threads)
+    y = np.concatenate([sess.run(None, {k: v[s:s + 16] for k, v in x.items()})[0] for s in range(0, EVAL, 16)])
+    return y, conv
 
 
-def _avgpool_error(spec, m, cfg, x, threads, allow_inexact: bool) -> float:
+def _avgpool_error(m, cfg, x, threads, allow_inexact: bool) -> float:
     """The same conversion with MaxPool replaced by AveragePool in both the ANN and the SNN
     (``--maxpool avg``): how much of the error the MaxPools make. Relative to the spread of
     that ANN's logits around their mean (the AveragePool ANN's classifier is not re-centred)."""
-    import dataclasses
-
-    from onnx2burst import ops
-    from onnx2burst.convert import Converter
-
-    conv = Converter(m, dataclasses.replace(cfg, maxpool="avg", allow_inexact=allow_inexact))
-    snn = conv.run(corpus.inputs(m, CALIB, seed=1)).model
+    y, conv = _snn_logits(m, cfg, x, threads, maxpool="avg", allow_inexact=allow_inexact)
     ann = corpus.run_ann(conv.canonical.model, x)
-    sess = ops.make_session(snn, threads=threads)
-    y = np.concatenate([sess.run(None, {k: v[s:s + 16] for k, v in x.items()})[0] for s in range(0, EVAL, 16)])
     return float(np.linalg.norm(y - ann) / np.linalg.norm(ann - ann.mean(0)))
 
 

@@ -84,6 +84,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     new_nodes: list[onnx.NodeProto] = []
     replaced: dict[str, int] = {}              # plain tensor produced by a blocked node -> channels
     fusable: dict[str, tuple] = {}             # plain output of a moved Add/Tile -> (node, how to fold it)
+    folded: set[int] = set()                   # id() of the Adds/Tiles a neuron took over
     moved = 0
 
     def twin(name):
@@ -110,7 +111,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
             m.attribute.append(helper.make_attribute("channel_block", int(block)))
             src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
             if src is not None and (src[1] == "add" or src[2] == int(_attr(n, "T", 0))):
-                new_nodes.remove(src[0])  # the kernel does its work
+                folded.add(id(src[0]))  # the kernel does its work
                 if src[1] == "add":
                     m.input[0] = src[0].input[0]
                     m.input.append(src[0].input[1])  # R: the neuron integrates fl(X + R)
@@ -149,6 +150,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
         new_nodes.append(m)
 
     # plain tensors that a remaining node or the graph output still reads
+    new_nodes = [n for n in new_nodes if id(n) not in folded]
     needed = {i for n in new_nodes for i in n.input} | graph_outputs
     out_nodes: list[onnx.NodeProto] = []
     plain_of = {blocked[p][0]: (p, C) for p, C in replaced.items()}

@@ -113,6 +113,10 @@ class Table:
     fanout: tuple[float, ...]
     se: np.ndarray | None = None  # standard error of S[i, k] - S(baseline), from per-sample pairs
 
+    def sensitivity(self, z: float = 0.0) -> np.ndarray:
+        """S, or S + z * se: each candidate counted with a margin of z standard errors."""
+        return self.S + z * self.se if z and self.se is not None else self.S
+
     def energy(self, mode: str = "spikes") -> np.ndarray:
         if mode not in ENERGY_MODES:
             raise ConfigError(f"energy must be one of {ENERGY_MODES}, got {mode!r}")
@@ -541,7 +545,7 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
     j = table.column(reference_tau)
     if z < 0:
         raise ConfigError(f"z must be >= 0, got {z}")
-    S = table.S + z * table.se if z and table.se is not None else table.S
+    S = table.sensitivity(z)
     budget, rule = r * float(S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
     if z:
         rule += f", candidates at S + {z:g} SE"
@@ -757,8 +761,8 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
                 choice = choose_ssc(table, r=r, energy=energy, z=z).choice
             except InfeasibleBudgetError:  # below every configuration: the least sensitive one
                 feasible = False
-                s_eff = table.S + z * table.se if z and table.se is not None else table.S
-                choice = {name: float(table.candidates[int(np.argmin(s_eff[i]))]) for i, name in enumerate(table.layers)}
+                least = np.argmin(table.sensitivity(z), axis=1)
+                choice = {name: float(table.candidates[int(least[i])]) for i, name in enumerate(table.layers)}
             settings = {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start.items()}
         model = rebuild(conv, data, stats, settings, progress=progress)
         ev = evaluate(conv.source, model, eval_data, threads=threads)
