@@ -3,7 +3,9 @@
 In one run, on [T*N, 64, 14, 14] tensors of about 1e5, 1e6 and 1e7 elements with T = 8:
 the C++ kernel against onnxruntime's own Relu over the same tensor (a memory-bound floor)
 and against the standard-op fallback, at 1 and 2 intra-op threads. Medians of interleaved
-repeats; the table's ratios are what to read (the machine is shared and noisy).
+repeats; the table's ratios are what to read (the machine is shared and noisy). A second
+table times one sample of several layer shapes of about 1e5 elements at 1 thread: a Gemm's
+[C] and feature maps small and large take different paths through the kernel.
 
     python benchmarks/kernel.py [--repeats 15] [--out benchmarks/results/kernel.md]
 """
@@ -24,19 +26,24 @@ T, PSI, TAU = 8, 4, 1.0
 C, H, W = 64, 14, 14
 
 
-def _relu_model():
+def _relu_model(dims=(C, H, W)):
     vi = helper.make_tensor_value_info
     g = helper.make_graph([helper.make_node("Relu", ["X"], ["Y"])], "relu",
-                          [vi("X", TensorProto.FLOAT, ["B", C, H, W])], [vi("Y", TensorProto.FLOAT, ["B", C, H, W])])
+                          [vi("X", TensorProto.FLOAT, ["B", *dims])], [vi("Y", TensorProto.FLOAT, ["B", *dims])])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _burst_model():
+def _burst_model(dims=(C, H, W)):
     vi = helper.make_tensor_value_info
     node = ops.make_node("X", "vth", "Y", T=T, psi=PSI, tau=TAU, spikes="S")
-    g = helper.make_graph([node], "burst", [vi("X", TensorProto.FLOAT, ["B", C, H, W]), vi("vth", TensorProto.FLOAT, [C])],
-                          [vi("Y", TensorProto.FLOAT, ["B", C, H, W]), vi("S", TensorProto.FLOAT, ["N"])])
+    g = helper.make_graph([node], "burst", [vi("X", TensorProto.FLOAT, ["B", *dims]), vi("vth", TensorProto.FLOAT, [dims[0]])],
+                          [vi("Y", TensorProto.FLOAT, ["B", *dims]), vi("S", TensorProto.FLOAT, ["N"])])
     return ops.attach_function(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+# Layer shapes of about 1e5 elements at T = 8 (one sample): a Gemm's [C] (one neuron per
+# channel), small and large feature maps. They take different paths through the kernel.
+LAYER_SHAPES = ((12544,), (1024, 3, 3), (256, 7, 7), (64, 14, 14), (4, 56, 56))
 
 
 def _session(model, kernel, threads):
@@ -50,6 +57,31 @@ def _time(sess, feeds, outputs):
     t0 = time.perf_counter()
     sess.run(outputs, feeds)
     return time.perf_counter() - t0
+
+
+def _measure(relu, burst, x, vth, threads, repeats, fallback):
+    """Medians (ms) of interleaved repeats of Relu, the kernel (and the fallback) on x, and the
+    medians of the per-repeat ratios."""
+    sessions = {
+        "relu": (_session(relu, False, threads), {"X": x}),
+        "kernel": (_session(burst, True, threads), {"X": x, "vth": vth}),
+    }
+    if fallback:
+        sessions["fallback"] = (_session(burst, False, threads), {"X": x, "vth": vth})
+    times = {k: [] for k in sessions}
+    reps = repeats if x.size <= 2_000_000 else max(5, repeats // 3)
+    for k, (s, f) in sessions.items():  # warm-up
+        s.run(None, f)
+    for _ in range(reps):  # interleaved, so drifts in machine load hit all columns alike
+        for k, (s, f) in sessions.items():
+            times[k].append(_time(s, f, None))
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    # Ratios of the times measured back to back in each repeat, then their median: a
+    # drift in the machine's load between repeats then cancels out of the ratio.
+    med["kernel/relu"] = statistics.median(k / r for k, r in zip(times["kernel"], times["relu"]))
+    if "fallback" in times:
+        med["fallback/kernel"] = statistics.median(f / k for f, k in zip(times["fallback"], times["kernel"]))
+    return med
 
 
 def main(argv=None):
@@ -68,27 +100,16 @@ def main(argv=None):
         x = rng.normal(size=(T * N, C, H, W)).astype(np.float32)
         vth = rng.uniform(0.2, 1.0, C).astype(np.float32)
         for threads in (1, 2):
-            sessions = {
-                "relu": (_session(relu, False, threads), {"X": x}),
-                "kernel": (_session(burst, True, threads), {"X": x, "vth": vth}),
-            }
-            if not args.no_fallback:
-                sessions["fallback"] = (_session(burst, False, threads), {"X": x, "vth": vth})
-            times = {k: [] for k in sessions}
-            reps = args.repeats if x.size <= 2_000_000 else max(5, args.repeats // 3)
-            for k, (s, f) in sessions.items():  # warm-up
-                s.run(None, f)
-            for _ in range(reps):  # interleaved, so drifts in machine load hit all columns alike
-                for k, (s, f) in sessions.items():
-                    times[k].append(_time(s, f, None))
-            med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            # Ratios of the times measured back to back in each repeat, then their median: a
-            # drift in the machine's load between repeats then cancels out of the ratio.
-            med["kernel/relu"] = statistics.median(k / r for k, r in zip(times["kernel"], times["relu"]))
-            if "fallback" in times:
-                med["fallback/kernel"] = statistics.median(f / k for f, k in zip(times["fallback"], times["kernel"]))
+            med = _measure(relu, burst, x, vth, threads, args.repeats, not args.no_fallback)
             rows.append((x.size, threads, med))
             print(f"{x.size:>10,d} elems  {threads} thr  " + "  ".join(f"{k} {v:8.3f}" for k, v in med.items()), flush=True)
+    shapes = []
+    for dims in LAYER_SHAPES:
+        x = rng.normal(size=(T, *dims)).astype(np.float32)
+        vth = rng.uniform(0.2, 1.0, dims[0]).astype(np.float32)
+        med = _measure(_relu_model(dims), _burst_model(dims), x, vth, 1, args.repeats, False)
+        shapes.append((dims, x.size, med))
+        print(f"{str(list(x.shape)):>18}  1 thr  " + "  ".join(f"{k} {v:8.3f}" for k, v in med.items()), flush=True)
     lines = ["| elements | threads | Relu ms | kernel ms | fallback ms | kernel / Relu | fallback / kernel |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for n, thr, med in rows:
@@ -97,6 +118,13 @@ def main(argv=None):
                      f"{fb:.3f} | " if fb else f"| {n:,} | {thr} | {med['relu']:.3f} | {med['kernel']:.3f} | - | ")
         lines[-1] += f"{med['kernel/relu']:.2f} | " + (f"{med['fallback/kernel']:.1f} |" if fb else "- |")
     table = "\n".join(lines)
+    lines = ["", "Layer shapes (one sample, T = 8, 1 thread): the paths through the kernel -- per neuron "
+             "(a Gemm's [C], feature maps under 16 positions) and runs of one channel.", "",
+             "| X | elements | Relu ms | kernel ms | kernel / Relu |", "|---|---:|---:|---:|---:|"]
+    for dims, n, med in shapes:
+        lines.append(f"| [{T}, {', '.join(map(str, dims))}] | {n:,} | {med['relu']:.3f} | {med['kernel']:.3f} | "
+                     f"{med['kernel/relu']:.2f} |")
+    table += "\n" + "\n".join(lines)
     header = (f"# BurstIF kernel benchmark\n\nT={T}, psi={PSI}, X = [T*N, {C}, {H}, {W}], medians of interleaved "
               f"repeats; a ratio is the median of the per-repeat ratios; idle pool threads sleep (no spinning). Command: `python benchmarks/kernel.py`. Target: kernel <= 1.5x Relu.\n\n")
     print("\n" + table)

@@ -11,6 +11,7 @@
 #include "burst_if.h"
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <sstream>
 #include <vector>
@@ -77,21 +78,30 @@ int32_t StepPerNeuron(const float* __restrict xt, const float* __restrict rt, fl
   return count;
 }
 
-// The same step over a run of neurons of one channel (Conv-like layers): theta is a scalar.
+// The same step over the runs of one channel each (Conv-like layers, K >= 16): theta is a
+// scalar per run. The first run starts at channel c0 with run0 neurons left; then whole runs of
+// K.
 template <bool ADD>
 __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
-int32_t StepOneChannel(const float* __restrict xt, const float* __restrict rt, float* __restrict yt,
-                       float* __restrict u, float th, float off, float psi, int64_t len) {
+int32_t StepChannels(const Job& j, const float* __restrict xt, const float* __restrict rt,
+                     float* __restrict yt, float* __restrict u, int64_t c0, int64_t run0, int64_t len) {
   int32_t count = 0;
-  for (int64_t i = 0; i < len; ++i) {
-    const float u1 = (u[i] + In<ADD>(xt, rt, i)) + off;
-    float s = std::floor(u1 / th);
-    s = s > 0.f ? s : 0.f;
-    s = s > psi ? psi : s;
-    const float st = s * th;
-    u[i] = u1 - st;
-    yt[i] = st;
-    count += static_cast<int32_t>(s);
+  int64_t c = c0, i = 0, run = run0;
+  while (i < len) {
+    const int64_t end = i + std::min(run, len - i);
+    const float th = j.theta[c], off = j.offset[c], psi = j.psi_c[c];
+    for (; i < end; ++i) {
+      const float u1 = (u[i] + In<ADD>(xt, rt, i)) + off;
+      float s = std::floor(u1 / th);
+      s = s > 0.f ? s : 0.f;
+      s = s > psi ? psi : s;
+      const float st = s * th;
+      u[i] = u1 - st;
+      yt[i] = st;
+      count += static_cast<int32_t>(s);
+    }
+    run = j.K;
+    if (++c == j.C) c = 0;
   }
   return count;
 }
@@ -152,27 +162,47 @@ int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float
     return total;
   }
   if (j.K >= 16 && j.B == 1) {  // runs of one channel
-    for (int64_t t = 0; t < j.T; ++t) {
-      int64_t c = (p0 / j.K) % j.C, i = 0, run = j.K - p0 % j.K;  // channel of neuron p0, its run
-      const float* r = rt(t);
-      while (i < len) {
-        const int64_t m = std::min(run, len - i);
-        total += StepOneChannel<ADD>(xt(t) + i, ADD ? r + i : nullptr, yt(t) + i, u + i, j.theta[c],
-                                     j.offset[c], j.psi_c[c], m);
-        i += m;
-        run = j.K;
-        if (++c == j.C) c = 0;
-      }
-    }
+    const int64_t c0 = (p0 / j.K) % j.C, run0 = j.K - p0 % j.K;  // channel of neuron p0, its run
+    for (int64_t t = 0; t < j.T; ++t) total += StepChannels<ADD>(j, xt(t), rt(t), yt(t), u, c0, run0, len);
     return total;
   }
-  // per-neuron copies of the parameters: small K, or another channel block
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t p = p0 + i;
-    const int64_t c = j.B > 1 ? (p / (j.K * j.B)) * j.B + p % j.B : (p / j.K) % j.C;
-    th[i] = j.theta[c];
-    off[i] = j.offset[c];
-    psi_n[i] = j.psi_c[c];
+  // per-neuron copies of the parameters: small K, or another channel block. Filled by runs
+  // (B = 1) or with counters, never with an integer division per neuron: that cost more than
+  // the T steps themselves.
+  if (j.B == 1) {
+    int64_t c = (p0 / j.K) % j.C, run = j.K - p0 % j.K;  // channel of neuron p0, its run
+    for (int64_t i = 0; i < len;) {
+      if (j.K == 1) {  // Gemm-like: consecutive neurons are consecutive channels
+        const int64_t m = std::min(j.C - c, len - i);
+        std::copy_n(j.theta + c, m, th + i);
+        std::copy_n(j.offset + c, m, off + i);
+        std::copy_n(j.psi_c + c, m, psi_n + i);
+        i += m;
+        c = 0;
+        continue;
+      }
+      const int64_t m = std::min(run, len - i);
+      std::fill_n(th + i, m, j.theta[c]);
+      std::fill_n(off + i, m, j.offset[c]);
+      std::fill_n(psi_n + i, m, j.psi_c[c]);
+      i += m;
+      run = j.K;
+      if (++c == j.C) c = 0;
+    }
+  } else {
+    const int64_t B = j.B, run = j.K * B;
+    int64_t lane = p0 % B, pos = p0 % run, blk = (p0 / run) % (j.C / B);  // neuron p0's place
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t c = blk * B + lane;
+      th[i] = j.theta[c];
+      off[i] = j.offset[c];
+      psi_n[i] = j.psi_c[c];
+      if (++lane == B) lane = 0;
+      if (++pos == run) {
+        pos = 0;
+        if (++blk * B == j.C) blk = 0;
+      }
+    }
   }
   for (int64_t t = 0; t < j.T; ++t)
     total += StepPerNeuron<ADD>(xt(t), rt(t), yt(t), u, th, off, psi_n, len);
@@ -240,6 +270,30 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
   return nullptr;
 }
 
+// The per-channel parameters for these vth values, cached: vth is almost always a constant
+// initializer, and rebuilding them costs three allocations per call (in-cache layers notice).
+std::shared_ptr<const BurstIFKernel::Params> BurstIFKernel::GetParams(const float* vth, int64_t nv, int64_t C) {
+  std::lock_guard<std::mutex> lock(mu_);  // one kernel may run in several threads at once
+  auto same = [](float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; };
+  if (params_ && params_->C == C && params_->vth.size() == static_cast<size_t>(nv) &&
+      std::equal(vth, vth + nv, params_->vth.begin(), same))
+    return params_;
+  auto p = std::make_shared<Params>();
+  p->C = C;
+  p->vth.assign(vth, vth + nv);
+  p->theta.resize(C);
+  p->offset.resize(C);
+  p->psi_c.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const float th = tau_ * vth[nv == 1 ? 0 : c];
+    p->psi_c[c] = th > 0.f ? static_cast<float>(psi_) : 0.f;
+    p->theta[c] = th > 0.f ? th : 1.f;
+    p->offset[c] = p->theta[c] / static_cast<float>(2 * T_);
+  }
+  params_ = p;
+  return params_;
+}
+
 OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
   try {
     Ort::KernelContext ctx(context);
@@ -297,21 +351,14 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       return nullptr;
     }
 
-    const float* vth = V.GetTensorData<float>();
-    std::vector<float> theta(C), offset(C), psi_c(C);
-    for (int64_t c = 0; c < C; ++c) {
-      const float th = tau_ * vth[nv == 1 ? 0 : c];
-      psi_c[c] = th > 0.f ? static_cast<float>(psi_) : 0.f;
-      theta[c] = th > 0.f ? th : 1.f;
-      offset[c] = theta[c] / static_cast<float>(2 * T_);
-    }
+    const std::shared_ptr<const Params> prm = GetParams(V.GetTensorData<float>(), nv, C);
     Job job{};
     job.x = X.GetTensorData<float>();
     job.r = addend;
     job.y = Y.GetTensorMutableData<float>();
-    job.theta = theta.data();
-    job.offset = offset.data();
-    job.psi_c = psi_c.data();
+    job.theta = prm->theta.data();
+    job.offset = prm->offset.data();
+    job.psi_c = prm->psi_c.data();
     job.T = T_;
     job.N = N;
     job.C = C;

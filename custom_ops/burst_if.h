@@ -15,7 +15,10 @@
 #undef ORT_API_MANUAL_INIT
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 namespace onnx2burst {
 
@@ -28,12 +31,21 @@ struct BurstIFKernel {
   // Checks every shape and type before touching memory; errors come back as OrtStatus.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
+  struct Params {  // per channel, for one vth: theta = tau * vth (1 where <= 0), theta / (2T), psi (0 there)
+    int64_t C = 0;
+    std::vector<float> vth, theta, offset, psi_c;
+  };
+
  private:
+  std::shared_ptr<const Params> GetParams(const float* vth, int64_t nv, int64_t C);
+
   int64_t T_, psi_;
   float tau_;
   int64_t block_;
   bool once_;  // time_broadcast: X holds one step for all T
   std::string name_;
+  std::mutex mu_;
+  std::shared_ptr<const Params> params_;
 };
 
 struct BurstIFOp : Ort::CustomOpBase<BurstIFOp, BurstIFKernel, /*WithStatus=*/true> {

@@ -76,6 +76,25 @@ def test_all_implementations_agree_bit_for_bit(T, psi, tau, rank, N, C, vth_kind
         assert_same(s, ks, "kernel spikes")
 
 
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(5000,), (1000, 3, 3), (700, 2, 3), (3, 40, 41)])
+def test_kernel_paths_across_tiles(shape, threads):
+    """Layers wider than one tile (4096 neurons), so that tiles start inside a channel's run or
+    list: the per-neuron path (a Gemm's [C]: K = 1; K < 16) and the runs of one channel."""
+    T, psi, tau = 4, 3, 1.0
+    rng = np.random.default_rng(len(shape) * 10 + shape[0])
+    C = shape[0]
+    x = (rng.standard_normal((T * 2,) + shape) * 2).astype(np.float32)
+    vth = rng.uniform(0.1, 1.5, C).astype(np.float32)
+    vth[rng.integers(0, C, 3)] = 0.0
+    vth[-1] = -0.4  # never fires
+    y, s = ops.burst_if(x, vth, T, psi, tau)
+    ky, ks = _session(T, psi, tau, len(shape) + 1, True, threads).run(None, {"X": x, "vth": vth})
+    assert_same(y, ky, "kernel Y")
+    assert_same(s, ks, "kernel spikes")
+
+
 @pytest.mark.parametrize("kernel", [pytest.param(True, marks=needs_kernel), False])
 @pytest.mark.parametrize("T", [1, 4, 8, 13])
 def test_constant_input_gives_round_T_x_spikes(kernel, T):
