@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from ..errors import Onnx2BurstError
 
 __all__ = ["InfeasibleBudgetError", "ParetoResult", "pareto_select"]
@@ -104,31 +106,31 @@ def pareto_select(costs: Sequence[Sequence[float]], profits: Sequence[Sequence[f
             f"budget {budget:.6g} is below the least total cost {math.fsum(cheapest):.6g} "
             f"(every layer at its cheapest candidate): no choice is feasible")
 
-    # nodes: (cost, profit); back[j][n] = (parent node in layer j-1's frontier, candidate index)
-    nodes: list[tuple[float, float]] = [(0.0, 0.0)]
-    back: list[list[tuple[int, int]]] = []
+    # The frontier as arrays: node costs and profits; back[j] = (parent node in layer j-1's
+    # frontier, candidate index) per node of layer j's frontier. One layer's step, vectorised:
+    # expand every node by every candidate (parent-major, as a nested loop would), sort stably
+    # by (cost, profit), drop what exceeds the budget, keep a node only if its profit is
+    # strictly below every earlier one's (= the last kept node's).
+    node_c, node_p = np.zeros(1), np.zeros(1)
+    back: list[tuple[np.ndarray, np.ndarray]] = []
     for c, p in zip(costs, profits):
-        expanded = [(nc + ck, np_ + pk, parent, k)
-                    for parent, (nc, np_) in enumerate(nodes)
-                    for k, (ck, pk) in enumerate(zip(c, p))]
-        expanded.sort(key=lambda e: (e[0], e[1]))
-        kept, links = [], []
-        for cost, profit, parent, k in expanded:
-            if cost > limit:
-                break
-            if not kept or profit < kept[-1][1]:
-                kept.append((cost, profit))
-                links.append((parent, k))
-        nodes = kept
-        back.append(links)
+        ec = (node_c[:, None] + np.asarray(c, dtype=np.float64)[None, :]).ravel()
+        ep = (node_p[:, None] + np.asarray(p, dtype=np.float64)[None, :]).ravel()
+        order = np.lexsort((ep, ec))  # stable: ties keep the expansion order
+        order = order[ec[order] <= limit]
+        ep_sorted = ep[order]
+        before = np.concatenate(([np.inf], np.minimum.accumulate(ep_sorted)[:-1]))
+        keep = order[ep_sorted < before]
+        node_c, node_p = ec[keep], ep[keep]
+        back.append(np.divmod(keep, len(c)))
+    nodes = list(zip(node_c.tolist(), node_p.tolist()))
 
     # The last node has the lowest profit; walk back to the first layer, then reverse.
     idx = len(nodes) - 1
     picked: list[int] = []
-    for links in reversed(back):
-        parent, k = links[idx]
-        picked.append(k)
-        idx = parent
+    for parents, ks in reversed(back):
+        picked.append(int(ks[idx]))
+        idx = int(parents[idx])
     picked.reverse()
     total_shift = math.fsum(shift)
     frontier = tuple((c + total_shift, p) for c, p in nodes)
