@@ -26,6 +26,7 @@ def main(argv=None):
     ap.add_argument("--taus", default="1:10:0.5", help="SSC tau grid, e.g. 1:3:0.1,3.5:10:0.5")
     ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
     ap.add_argument("--z", type=float, default=0.0, help="SSC: candidates at S + z * SE (0: the paper's rule)")
+    ap.add_argument("--folds", type=int, default=0, help="SSC: budget held out over this many folds (0: the paper's rule)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
 
@@ -38,6 +39,16 @@ def main(argv=None):
     x, labels = load_fmnist_test_npz("full")
     x, labels = x[: args.limit], labels[: args.limit]
     calib = ROOT / "models" / "data" / "fmnist_calib.npz"
+
+    def write():  # after every row, so that a long run that stops keeps what it measured
+        text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
+                f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
+                f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
+                + (f", candidates at S + {args.z:g} SE" if args.z else "")
+                + (f", budget held out over {args.folds} folds" if args.folds else "") + ".\n\n" + "\n".join(lines) + "\n")
+        Path(args.out).write_text(text)
+        return text
+
     lines = ["| model | T | config | top-1 | vs BS (points) | spikes/sample | spikes vs BS | search s |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for name in args.models.split(","):
@@ -51,7 +62,7 @@ def main(argv=None):
             if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                 t0 = time.perf_counter()
                 res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus), ssc_z=args.z)
+                             taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds)
                 secs = time.perf_counter() - t0
                 t_bsr = sum(v for k, v in res.timings.items() if k.startswith("bsr"))
                 if "+BSR" in want:
@@ -60,7 +71,7 @@ def main(argv=None):
             if "+SSC" in want:
                 t0 = time.perf_counter()
                 res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus), ssc_z=args.z)
+                             taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds)
                 rows["+SSC"] = (res.model, time.perf_counter() - t0)
             if "+BSR+SSC" in want:
                 rows["+BSR+SSC"] = both
@@ -73,11 +84,8 @@ def main(argv=None):
                         f"{spikes / base[1]:.3f} | {secs:.0f} |")
                 print(line, f"(ANN {r.ann.top1 * 100:.2f})", flush=True)
                 lines.append(line)
-    text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
-            f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
-            f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
-            + (f", candidates at S + {args.z:g} SE" if args.z else "") + ".\n\n" + "\n".join(lines) + "\n")
-    Path(args.out).write_text(text)
+                write()
+    text = write()
     print(text)
 
 

@@ -79,6 +79,68 @@ def test_ssc_with_a_noise_margin(setup):
         S.choose_ssc(m.tau, z=-1)
 
 
+def test_per_sample_kl_is_recorded(setup, layer="relu1", value=3.0):
+    """Table.kl[i, k, n]: sample n's KL with layer i at candidate k; its mean is S."""
+    from onnx2burst.tuning.sensitivity import symmetric_kl
+
+    ann, snn, x, m, vth, a = setup
+    changed, _ = reference_run(snn_model(T=T, psi=PSI, vth=vth, tau={layer: value}), x)
+    i, j = m.tau.layers.index(layer), m.tau.column(value)
+    assert m.tau.kl.shape == m.tau.S.shape + (len(x),)
+    np.testing.assert_allclose(m.tau.kl[i, j], symmetric_kl(a, changed), rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(m.tau.kl.mean(-1), m.tau.S, rtol=1e-9, atol=1e-15)
+
+
+def _kl_table(kl, spikes):
+    from onnx2burst.tuning.search import Table
+
+    L, J, _ = kl.shape
+    return Table("tau", tuple(f"l{i}" for i in range(L)), (1.0, 2.0, 3.0)[:J], (1.0,) * L, kl.mean(-1), spikes,
+                 spikes, (1.0,) * L, None, kl)
+
+
+def test_held_out_budget_is_r_when_the_samples_agree():
+    """No sample-to-sample noise: the held-out folds see what the whole set sees, r stays."""
+    kl = np.repeat(np.array([[[1.0], [0.9], [1.3]], [[1.0], [1.2], [1.1]], [[1.0], [0.95], [1.4]]]), 8, axis=2)
+    spikes = np.array([[10.0, 6.0, 3.0]] * 3)
+    t = _kl_table(kl, spikes)
+    for r in (1.0, 1.1):
+        assert S.held_out_r(t, r=r, folds=4) == r
+        assert S.choose_ssc(t, r=r, folds=4).choice == S.choose_ssc(t, r=r).choice
+
+
+def test_held_out_budget_removes_the_selection_bias():
+    """Every compressing candidate truly costs sensitivity (+0.05) but is measured with noise:
+    the paper's rule spends the budget on the ones whose noise came out low, so its choice
+    breaks the budget in truth. The held-out budget is lower in most draws, its choice never
+    cheaper, and it breaks the true budget less on average."""
+    L, n, cost = 10, 40, 0.05
+    spikes = np.tile([10.0, 6.0, 3.0], (L, 1))
+    lowered, true_plain, true_held = 0, [], []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        kl = np.ones((L, 3, n))
+        kl[:, 1:] += cost + rng.normal(0, 0.3, (L, 2, n))
+        t = _kl_table(kl, spikes)
+        r_eff = S.held_out_r(t, folds=4)
+        plain, held = S.choose_ssc(t), S.choose_ssc(t, folds=4)
+        assert r_eff <= 1.0 and held.chosen[0] >= plain.chosen[0]
+        assert held.budget == pytest.approx(r_eff * kl[:, 0].mean(-1).sum())
+        lowered += r_eff < 1.0
+        true_plain.append(cost * sum(v != 1.0 for v in plain.choice.values()))
+        true_held.append(cost * sum(v != 1.0 for v in held.choice.values()))
+    assert "held out over 4 folds" in held.budget_rule
+    assert lowered >= 6 and np.mean(true_held) < np.mean(true_plain)
+    with pytest.raises(ConfigError, match="folds"):
+        S.choose_ssc(t, folds=1)
+    with pytest.raises(ConfigError, match="one of"):
+        S.choose_ssc(t, folds=4, z=1.0)
+    no_kl = _kl_table(kl, spikes)
+    object.__setattr__(no_kl, "kl", None)
+    with pytest.raises(ConfigError, match="per-sample"):
+        S.held_out_r(no_kl)
+
+
 def test_defaults_are_the_baseline(setup):
     ann, snn, x, m, vth, a = setup
     logits, spikes = reference_run(snn, x)
@@ -238,6 +300,11 @@ def test_cli(tmp_path):
     assert "+ 1 SE" in doc["choices"]["ssc"]["budget_rule"] and doc["measurements"]["ssc"]["tau"]["se"]
     res = CliRunner().invoke(main, args + ["--no-bsr", "--ssc-z", "-1"])
     assert res.exit_code != 0 and "--ssc-z" in res.output
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "", "--ssc-folds", "2"])
+    assert res.exit_code == 0, res.output
+    assert "held out over 2 folds" in json.loads((out / "search.json").read_text())["choices"]["ssc"]["budget_rule"]
+    res = CliRunner().invoke(main, args + ["--no-bsr", "--ssc-folds", "1"])
+    assert res.exit_code != 0 and "folds" in res.output
     res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "0,1"])
     assert res.exit_code != 0 and "--r-sweep" in res.output
     res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", ""])

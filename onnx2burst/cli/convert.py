@@ -31,6 +31,9 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="--ssc noise margin: each tau counts at S + z standard errors of its measured gain, so that "
                    "the budget is not spent on noise of the search samples (0: the paper's rule).")
+@click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="--ssc held-out budget: lower r to what a choice made without each of K folds of the search "
+                   "samples keeps on that fold (0: the paper's rule; 4 is a good K).")
 @click.option("--tau-grid", default="1:10:0.5", show_default=True,
               help="--ssc tau candidates: start:stop:step, a comma list, or both (1:3:0.1,3.5:10:0.5: finer near 1).")
 @click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
@@ -40,7 +43,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--portable", is_flag=True, help="Inline BurstIF into standard ops (no custom domain in the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, bsr, psi_max,
-            energy_ratio, ssc, r, ssc_z, tau_grid, energy, search_samples, portable, quiet, **kw):
+            energy_ratio, ssc, r, ssc_z, ssc_folds, tau_grid, energy, search_samples, portable, quiet, **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
     Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
@@ -80,8 +83,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             data = conv.load_data(source)
             result = conv.run(data, progress)
             tuned = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=result.model, psi_max=psi_max, ratio=energy_ratio,
-                           taus=S.parse_grid(tau_grid), r=r, ssc_z=ssc_z, energy=energy, samples=search_samples,
-                           progress=progress, show_progress=not quiet)
+                           taus=S.parse_grid(tau_grid), r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy,
+                           samples=search_samples, progress=progress, show_progress=not quiet)
             final = tuned.model
         else:
             result = conv.run(source, progress)

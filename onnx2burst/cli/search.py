@@ -26,6 +26,9 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="BSR budget = ratio * sum_i E_i(psi-target).")
 @click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="SSC noise margin: each tau counts at S + z standard errors of its measured gain (0: the paper's rule).")
+@click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="SSC held-out budget: lower r to what a choice made without each of K folds of the samples "
+                   "keeps on that fold (0: the paper's rule; 4 is a good K).")
 @click.option("--taus", default="1:10:0.5", show_default=True,
               help="SSC candidates: start:stop:step, a comma list, or both, e.g. 1:3:0.1,3.5:10:0.5 (must hold 1.0).")
 @click.option("--r", "r", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -42,7 +45,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, taus, r, energy, samples,
+def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, ssc_folds, taus, r, energy, samples,
             output, r_sweep, eval_data, as_json, quiet, **kw):
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
 
@@ -86,12 +89,12 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
         data = conv.load_data(source)
         snn = load_model(snn_path) if snn_path else None
         res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
-                     ratio=ratio, taus=grid, r=r, ssc_z=ssc_z, energy=energy, samples=samples, progress=progress,
-                     show_progress=not (quiet or as_json))
+                     ratio=ratio, taus=grid, r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy, samples=samples,
+                     progress=progress, show_progress=not (quiet or as_json))
         sweep = None
         if ssc and rs:
             before, points = S.sweep_r(conv, data, res, rs, eval_data or source, energy=energy, z=ssc_z,
-                                       threads=conv.config.calibration.threads, progress=progress)
+                                       folds=ssc_folds, threads=conv.config.calibration.threads, progress=progress)
             sweep = (before, points)
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"model": os.fspath(model), "snn": None if snn_path is None else os.fspath(snn_path),

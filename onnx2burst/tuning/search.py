@@ -112,6 +112,7 @@ class Table:
     synops: np.ndarray
     fanout: tuple[float, ...]
     se: np.ndarray | None = None  # standard error of S[i, k] - S(baseline), from per-sample pairs
+    kl: np.ndarray | None = None  # [layer, candidate, sample]: each sample's KL, S's terms
 
     def sensitivity(self, z: float = 0.0) -> np.ndarray:
         """S, or S + z * se: each candidate counted with a margin of z standard errors."""
@@ -425,6 +426,10 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     d2 = {k: np.zeros_like(v) for k, v in kl.items()}
     spk = {"psi": np.zeros((L, len(psis or ()))), "tau": np.zeros((L, len(taus or ())))}
     base_kl, base_spk = 0.0, np.zeros(L)
+    n_all = len(ds)
+    per = {k: np.zeros(v.shape + (n_all,)) for k, v in kl.items()}  # per-sample KL
+    base_per = np.zeros(n_all)
+    pos = 0
     t_base = t_cell = t_tail = t_kl = 0.0
     n_evals = sum(len(v) for v in plan.values())
     batches = list(ds.batches(batch_size))
@@ -437,6 +442,9 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             t = time.perf_counter()
             base_n = symmetric_kl(a_logits, env[sg.logits])
             base_kl += float(base_n.sum())
+            rows = slice(pos, pos + len(base_n))
+            pos += len(base_n)
+            base_per[rows] = base_n
             base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
             t_kl += time.perf_counter() - t
             advance(1)
@@ -458,6 +466,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     t = time.perf_counter()
                     kl_n = symmetric_kl(a_logits, lg)
                     kl[kind][i, j] += float(kl_n.sum())
+                    per[kind][i, j, rows] = kl_n
                     d1[kind][i, j] += float((kl_n - base_n).sum())
                     d2[kind][i, j] += float(((kl_n - base_n) ** 2).sum())
                     spk[kind][i, j] += float(s.sum())
@@ -477,13 +486,14 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             for j, c in enumerate(cands):
                 if math.isclose(float(c), float(default_of(nr)), rel_tol=1e-9):
                     S[i, j], E[i, j] = base_S, base_spikes[i]
+                    per[kind][i, j] = base_per
         fo = np.array([fanout[nr.name] for nr in neurons])
         keep = np.array(active, dtype=int)
         var = np.maximum(d2[kind] - d1[kind] ** 2 / n, 0.0) / max(n - 1, 1)
         se = np.sqrt(var / n)  # 0 at each layer's own value (d = 0 for every sample)
         return Table(kind, tuple(neurons[i].name for i in keep), tuple(cands),
                      tuple(default_of(neurons[i]) for i in keep), S[keep], E[keep],
-                     E[keep] * fo[keep, None], tuple(float(f) for f in fo[keep]), se[keep])
+                     E[keep] * fo[keep, None], tuple(float(f) for f in fo[keep]), se[keep], per[kind][keep])
 
     timings["total"] = time.perf_counter() - t0
     return Measurement(
@@ -524,13 +534,60 @@ def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.
         _uniform_points(table, E), time.perf_counter() - t, full)
 
 
+def held_out_r(table: Table, *, r: float = 1.0, energy: str = "spikes", folds: int = 4,
+               reference_tau: float = 1.0, steps: int = 14) -> float:
+    """The SSC budget with the selection bias taken out (§8): the largest r_eff <= r such that
+    the choice made at r_eff on the samples outside each of ``folds`` folds keeps, on that
+    fold's own samples, sum S <= r * sum S(tau=1) -- on average over the folds.
+
+    Choosing the least-energy taus on the same samples that measure S favours the candidates
+    whose S came out low by chance, so the budget is met in-sample and spent out of it; with
+    many layers and a fine grid the choice compresses past what r allows. Needs
+    ``table.kl`` (the per-sample KL :func:`measure` records). Returns r when the budget holds
+    out of sample already; at worst the least sensitive configuration's r.
+    """
+    if table.kl is None:
+        raise ConfigError("a held-out SSC budget needs the per-sample KL (measure records it)")
+    n = table.kl.shape[-1]
+    if folds < 2 or n < 2 * folds:
+        raise ConfigError(f"--ssc-folds must be >= 2 with at least 2 samples per fold; got {folds} folds "
+                          f"for {n} samples")
+    E = table.energy(energy)
+    j1 = table.column(reference_tau)
+    fold = np.arange(n) % folds
+    rows = np.arange(len(table.layers))
+    parts = [(table.kl[:, :, fold != f].mean(-1), table.kl[:, :, fold == f].mean(-1)) for f in range(folds)]
+    # below this r some fold (or the whole table) has no feasible choice
+    least = max(float(S_.min(axis=1).sum() / S_[:, j1].sum()) for S_ in [table.S] + [p[0] for p in parts])
+    least *= 1 + 1e-12
+
+    def excess(r_eff: float) -> float:
+        total = 0.0
+        for S_in, S_out in parts:
+            k = pareto_select(S_in, E, r_eff * float(S_in[:, j1].sum())).indices
+            total += float(S_out[rows, list(k)].sum() - r * S_out[:, j1].sum())
+        return total
+
+    if r <= least or excess(r) <= 0:
+        return r
+    lo, hi = least, r
+    if excess(lo) > 0:
+        return lo
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(mid) <= 0 else (lo, mid)
+    return lo
+
+
 def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
-               reference_tau: float = 1.0, z: float = 0.0) -> SearchChoice:
+               reference_tau: float = 1.0, z: float = 0.0, folds: int = 0) -> SearchChoice:
     """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1).
 
     z > 0 counts each candidate at S + z * SE (``table.se``: the standard error of its
     per-sample difference to the baseline), so that a tau whose gain is within the noise of
-    the search samples does not spend the budget. z = 0 is the paper's rule.
+    the search samples does not spend the budget. folds >= 2 instead lowers the budget to the
+    r_eff that holds on held-out samples (:func:`held_out_r`). z = 0 and folds = 0 are the
+    paper's rule.
 
     (After BSR the budget is still that of the SNN SSC starts from. Budgeting against the
     uniform-psi SNN's sensitivity instead, to spend what BSR saved, was measured too loose:
@@ -540,13 +597,20 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
         raise ConfigError(f"SSC needs the tau table, got {table.kind}")
     if not r > 0:
         raise ConfigError(f"r must be > 0, got {r}")
+    if z < 0:
+        raise ConfigError(f"z must be >= 0, got {z}")
+    if folds and z:
+        raise ConfigError("choose one of the noise margin (z) and the held-out budget (folds)")
     t = time.perf_counter()
     E = table.energy(energy)
     j = table.column(reference_tau)
-    if z < 0:
-        raise ConfigError(f"z must be >= 0, got {z}")
     S = table.sensitivity(z)
-    budget, rule = r * float(S[:, j].sum()), f"{r:g} * sum_i S_i(tau={reference_tau:g})"
+    rule = f"{r:g} * sum_i S_i(tau={reference_tau:g})"
+    r_eff = r
+    if folds:
+        r_eff = held_out_r(table, r=r, energy=energy, folds=folds, reference_tau=reference_tau)
+        rule = f"{r_eff:.6g} * sum_i S_i(tau={reference_tau:g}) (r = {r:g}, held out over {folds} folds)"
+    budget = r_eff * float(S[:, j].sum())
     if z:
         rule += f", candidates at S + {z:g} SE"
     res = pareto_select(S, E, budget, [list(table.candidates)] * len(table.layers))
@@ -646,11 +710,12 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          taus: Sequence[float] = DEFAULT_TAUS, r: float = 1.0, energy: str = "spikes",
          samples: int | None = 256, batch_size: int | None = 32, threads: int | None = None,
          kernel: bool | None = None, progress=None, show_progress: bool = False,
-         ssc_z: float = 0.0) -> TuneResult:
+         ssc_z: float = 0.0, ssc_folds: int = 0) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
 
-    ssc_z: SSC counts each candidate at S + ssc_z * SE (see :func:`choose_ssc`); 0 is the
-    paper's rule.
+    ssc_z: SSC counts each candidate at S + ssc_z * SE; ssc_folds >= 2: SSC's budget is lowered
+    to what holds on held-out folds of the search samples (see :func:`choose_ssc`); 0 and 0
+    are the paper's rule.
 
     conv: an ``onnx2burst.convert.Converter``; data: its ``CalibrationSet`` (the first
     ``samples`` of it measure the sensitivities; all of it fits thresholds and biases).
@@ -703,7 +768,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
         measurements["ssc"] = m
         ssc_start = dict(settings)
-        c = choose_ssc(m.tau, r=r, energy=energy, z=ssc_z)
+        c = choose_ssc(m.tau, r=r, energy=energy, z=ssc_z, folds=ssc_folds)
         out["ssc"] = c
         timings["ssc measure"] = m.timings["total"]
         settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
@@ -740,7 +805,8 @@ class SweepPoint:
 
 
 def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, energy: str = "spikes",
-            threads: int | None = None, progress=None, z: float = 0.0) -> tuple[SweepPoint, list[SweepPoint]]:
+            threads: int | None = None, progress=None, z: float = 0.0,
+            folds: int = 0) -> tuple[SweepPoint, list[SweepPoint]]:
     """SSC at each budget ``r`` (§8) from the tau table ``tune`` measured: choose, rebuild
     (biases recalibrated), evaluate on ``eval_data`` -- the accuracy/spikes trade-off to pick from.
 
@@ -758,7 +824,7 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
         settings, feasible = dict(start), True
         if r is not None:
             try:
-                choice = choose_ssc(table, r=r, energy=energy, z=z).choice
+                choice = choose_ssc(table, r=r, energy=energy, z=z, folds=folds).choice
             except InfeasibleBudgetError:  # below every configuration: the least sensitive one
                 feasible = False
                 least = np.argmin(table.sensitivity(z), axis=1)
