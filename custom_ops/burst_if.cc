@@ -16,6 +16,11 @@
 #include <sstream>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define ONNX2BURST_AVX512 1
+#endif
+
 namespace onnx2burst {
 namespace {
 
@@ -106,6 +111,77 @@ int32_t StepChannels(const Job& j, const float* __restrict xt, const float* __re
   return count;
 }
 
+#ifdef ONNX2BURST_AVX512
+#pragma GCC diagnostic push
+// GCC 12's avx512fintrin.h: _mm512_undefined_ps() in the intrinsics reads as uninitialized
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// StepChannels by hand in AVX-512, over aligned 16-neuron vectors of the tile rather than run
+// by run: a run of K neurons (196 for a 14x14 map) rarely starts on a 64-byte line, and every
+// vector access of a misaligned run splits two cache lines. A vector that holds the end of one
+// channel's run and the start of the next (K >= 16: at most one such boundary) blends the two
+// channels' parameters per lane. Lanes compute what StepChannels computes, in the same order
+// (divide, floor, max with 0 so that NaN gives 0, min with psi, multiply, subtract): the same bits.
+template <bool ADD>
+__attribute__((target("avx512f"), always_inline)) inline void Step16(
+    const float* __restrict xt, const float* __restrict rt, float* __restrict yt, float* __restrict u, int64_t i,
+    __mmask16 m, __m512 th, __m512 off, __m512 psi, __m512i& acc) {
+  __m512 x = _mm512_maskz_loadu_ps(m, xt + i);
+  if constexpr (ADD) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(m, rt + i));
+  const __m512 u1 = _mm512_add_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, u + i), x), off);
+  __m512 s = _mm512_roundscale_ps(_mm512_div_ps(u1, th), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  s = _mm512_max_ps(s, _mm512_setzero_ps());  // s > 0 ? s : 0 (a NaN gives the second operand, 0)
+  s = _mm512_min_ps(psi, s);                  // psi < s ? psi : s
+  const __m512 st = _mm512_mul_ps(s, th);
+  _mm512_mask_storeu_ps(u + i, m, _mm512_sub_ps(u1, st));
+  _mm512_mask_storeu_ps(yt + i, m, st);
+  acc = _mm512_add_epi32(acc, _mm512_maskz_cvttps_epi32(m, s));
+}
+
+template <bool ADD>
+__attribute__((target("avx512f")))
+int32_t StepChannelsAvx512(const Job& j, const float* __restrict xt, const float* __restrict rt,
+                           float* __restrict yt, float* __restrict u, int64_t c0, int64_t run0, int64_t len) {
+  __m512i acc = _mm512_setzero_si512();
+  int64_t c = c0, left = run0;  // channel of neuron i, and how many of its run start at i
+  auto next = [&](int64_t ch) { return ch + 1 == j.C ? 0 : ch + 1; };
+  __m512 th = _mm512_set1_ps(j.theta[c]), off = _mm512_set1_ps(j.offset[c]), psi = _mm512_set1_ps(j.psi_c[c]);
+  for (int64_t i = 0; i < len; i += 16) {
+    const int64_t n = std::min<int64_t>(16, len - i);
+    const __mmask16 m = n == 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+    if (left >= 16) {
+      Step16<ADD>(xt, rt, yt, u, i, m, th, off, psi, acc);
+      left -= 16;
+    } else {  // lanes [0, left) end channel c's run, lanes [left, 16) start channel c+1's
+      const int64_t c1 = next(c);
+      const __m512 th1 = _mm512_set1_ps(j.theta[c1]), off1 = _mm512_set1_ps(j.offset[c1]),
+                   psi1 = _mm512_set1_ps(j.psi_c[c1]);
+      const __mmask16 first = static_cast<__mmask16>((1u << left) - 1u);
+      Step16<ADD>(xt, rt, yt, u, i, m, _mm512_mask_blend_ps(first, th1, th), _mm512_mask_blend_ps(first, off1, off),
+                  _mm512_mask_blend_ps(first, psi1, psi), acc);
+      c = c1;
+      th = th1, off = off1, psi = psi1;
+      left = j.K - (16 - left);  // >= 1, since K >= 16
+    }
+    if (left == 0) {
+      c = next(c);
+      left = j.K;
+      th = _mm512_set1_ps(j.theta[c]), off = _mm512_set1_ps(j.offset[c]), psi = _mm512_set1_ps(j.psi_c[c]);
+    }
+  }
+  alignas(64) int32_t lanes[16];
+  _mm512_store_si512(lanes, acc);
+  int32_t count = 0;
+  for (int32_t v : lanes) count += v;
+  return count;
+}
+
+bool HasAvx512() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
+#pragma GCC diagnostic pop
+#endif
+
 // The same step in the blocked NCHWc layout with a compile-time block BL: a run of K*BL
 // neurons shares one channel block, and lane l of every BL-group is channel cb*BL + l, so the
 // parameters are BL-wide vectors loaded once per run. p0 and len are multiples of BL.
@@ -163,6 +239,13 @@ int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float
   }
   if (j.K >= 16 && j.B == 1) {  // runs of one channel
     const int64_t c0 = (p0 / j.K) % j.C, run0 = j.K - p0 % j.K;  // channel of neuron p0, its run
+#ifdef ONNX2BURST_AVX512
+    if (HasAvx512()) {
+      for (int64_t t = 0; t < j.T; ++t)
+        total += StepChannelsAvx512<ADD>(j, xt(t), rt(t), yt(t), u, c0, run0, len);
+      return total;
+    }
+#endif
     for (int64_t t = 0; t < j.T; ++t) total += StepChannels<ADD>(j, xt(t), rt(t), yt(t), u, c0, run0, len);
     return total;
   }

@@ -78,10 +78,12 @@ def test_all_implementations_agree_bit_for_bit(T, psi, tau, rank, N, C, vth_kind
 
 @needs_kernel
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", [(5000,), (1000, 3, 3), (700, 2, 3), (3, 40, 41)])
+@pytest.mark.parametrize("shape", [(5000,), (1000, 3, 3), (700, 2, 3), (3, 40, 41), (64, 14, 14), (7, 5, 5),
+                                   (3, 4, 17)])
 def test_kernel_paths_across_tiles(shape, threads):
     """Layers wider than one tile (4096 neurons), so that tiles start inside a channel's run or
-    list: the per-neuron path (a Gemm's [C]: K = 1; K < 16) and the runs of one channel."""
+    list: the per-neuron path (a Gemm's [C]: K = 1; K < 16) and the runs of one channel; and
+    runs (K = 196, 25, 68) whose ends fall inside a 16-neuron vector, and a tile of 175."""
     T, psi, tau = 4, 3, 1.0
     rng = np.random.default_rng(len(shape) * 10 + shape[0])
     C = shape[0]
