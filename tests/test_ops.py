@@ -97,6 +97,21 @@ def test_kernel_paths_across_tiles(shape, threads):
     assert_same(s, ks, "kernel spikes")
 
 
+@needs_kernel
+def test_kernel_paths_without_avx512():
+    """The same checks with the hand-written AVX-512 runs switched off, so that the
+    multiversioned loop that machines without AVX-512 use is tested here too."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, ONNX2BURST_KERNEL_NO_AVX512="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                        "paths_across_tiles or agree_bit_for_bit"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and " failed" not in r.stdout
+
+
 @pytest.mark.parametrize("kernel", [pytest.param(True, marks=needs_kernel), False])
 @pytest.mark.parametrize("T", [1, 4, 8, 13])
 def test_constant_input_gives_round_T_x_spikes(kernel, T):
