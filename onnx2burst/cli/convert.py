@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options
+from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options, ssc_rule_options
 
 
 @click.command(name="convert")
@@ -28,12 +28,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--ssc", is_flag=True, help="Sensitivity Spike Compression: per-layer tau under r x the sensitivity at tau=1 (§8).")
 @click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="--ssc sensitivity budget ratio.")
-@click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="--ssc noise margin: each tau counts at S + z standard errors of its measured gain, so that "
-                   "the budget is not spent on noise of the search samples (0: the paper's rule).")
-@click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
-              help="--ssc held-out budget: lower r to what a choice made without each of K folds of the search "
-                   "samples keeps on that fold (0: the paper's rule; 4 is a good K).")
+@ssc_rule_options
 @click.option("--tau-grid", default="1:10:0.5", show_default=True,
               help="--ssc tau candidates: start:stop:step, a comma list, or both (1:3:0.1,3.5:10:0.5: finer near 1).")
 @click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,

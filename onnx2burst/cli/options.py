@@ -16,7 +16,7 @@ from typing import Iterator
 
 import click
 
-__all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "build_snn",
+__all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "ssc_rule_options", "build_snn",
            "build_calibration", "parse_size", "parse_floats", "RichProgress", "cli_errors"]
 
 
@@ -54,6 +54,16 @@ def parse_floats(value: str | None, name: str):
         raise click.BadParameter(f"{value!r}: give one number or one per channel, comma-separated",
                                  param_hint=name) from None
 
+
+# How SSC spends its budget (ALGORITHM.md §8); convert --ssc and search share them.
+ssc_rule_options = _compose(
+    click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="SSC noise margin: each tau counts at S + z standard errors of its measured gain, so that "
+                      "the budget is not spent on noise of the search samples (0: the paper's rule)."),
+    click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="SSC held-out budget: lower r to what a choice made without each of K folds of the search "
+                      "samples keeps on that fold (0: the paper's rule; 4 is a good K)."),
+)
 
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,
                               help="onnxruntime intra-op threads (default: onnxruntime's, one per core).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options
+from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options, ssc_rule_options
 
 
 @click.command(name="search")
@@ -24,11 +24,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--psi-target", type=click.IntRange(1), help="BSR budget: energy of this uniform psi (default --psi).")
 @click.option("--ratio", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="BSR budget = ratio * sum_i E_i(psi-target).")
-@click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="SSC noise margin: each tau counts at S + z standard errors of its measured gain (0: the paper's rule).")
-@click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
-              help="SSC held-out budget: lower r to what a choice made without each of K folds of the samples "
-                   "keeps on that fold (0: the paper's rule; 4 is a good K).")
+@ssc_rule_options
 @click.option("--taus", default="1:10:0.5", show_default=True,
               help="SSC candidates: start:stop:step, a comma list, or both, e.g. 1:3:0.1,3.5:10:0.5 (must hold 1.0).")
 @click.option("--r", "r", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),

@@ -420,15 +420,11 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
         plan[i] = todo
 
     L = len(neurons)
-    kl = {"psi": np.zeros((L, len(psis or ()))), "tau": np.zeros((L, len(taus or ())))}
-    # sums of d and d^2, d = a sample's KL with the candidate minus its KL in the baseline SNN
-    d1 = {k: np.zeros_like(v) for k, v in kl.items()}
-    d2 = {k: np.zeros_like(v) for k, v in kl.items()}
-    spk = {"psi": np.zeros((L, len(psis or ()))), "tau": np.zeros((L, len(taus or ())))}
-    base_kl, base_spk = 0.0, np.zeros(L)
-    n_all = len(ds)
-    per = {k: np.zeros(v.shape + (n_all,)) for k, v in kl.items()}  # per-sample KL
-    base_per = np.zeros(n_all)
+    n = len(ds)
+    shapes = {"psi": (L, len(psis or ())), "tau": (L, len(taus or ()))}
+    per = {k: np.zeros(v + (n,)) for k, v in shapes.items()}  # each sample's KL: S and its SE come from it
+    spk = {k: np.zeros(v) for k, v in shapes.items()}
+    base_per, base_spk = np.zeros(n), np.zeros(L)
     pos = 0
     t_base = t_cell = t_tail = t_kl = 0.0
     n_evals = sum(len(v) for v in plan.values())
@@ -441,7 +437,6 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             t_base += time.perf_counter() - t
             t = time.perf_counter()
             base_n = symmetric_kl(a_logits, env[sg.logits])
-            base_kl += float(base_n.sum())
             rows = slice(pos, pos + len(base_n))
             pos += len(base_n)
             base_per[rows] = base_n
@@ -464,33 +459,29 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     lg = tail.run([sg.logits], feeds)[0]
                     t_tail += time.perf_counter() - t
                     t = time.perf_counter()
-                    kl_n = symmetric_kl(a_logits, lg)
-                    kl[kind][i, j] += float(kl_n.sum())
-                    per[kind][i, j, rows] = kl_n
-                    d1[kind][i, j] += float((kl_n - base_n).sum())
-                    d2[kind][i, j] += float(((kl_n - base_n) ** 2).sum())
+                    per[kind][i, j, rows] = symmetric_kl(a_logits, lg)
                     spk[kind][i, j] += float(s.sum())
                     t_kl += time.perf_counter() - t
                     advance(1, description=f"sensitivity {nr.name} {kind}")
-    n = len(ds)
     timings.update(baseline=t_base, neurons=t_cell, tails=t_tail, kl=t_kl)
-    base_S = base_kl / n
+    base_S = float(base_per.mean())
     base_spikes = base_spk / n
 
     def table(kind, cands, default_of):
         if cands is None:
             return None
-        S = kl[kind] / n
         E = spk[kind] / n
         for i, nr in enumerate(neurons):
             for j, c in enumerate(cands):
                 if math.isclose(float(c), float(default_of(nr)), rel_tol=1e-9):
-                    S[i, j], E[i, j] = base_S, base_spikes[i]
+                    E[i, j] = base_spikes[i]
                     per[kind][i, j] = base_per
+        S = per[kind].mean(axis=-1)
+        # SE of the paired difference d = a sample's KL with the candidate - its KL in the
+        # baseline SNN; 0 at each layer's own value (d = 0 for every sample)
+        se = (per[kind] - base_per).std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(S)
         fo = np.array([fanout[nr.name] for nr in neurons])
         keep = np.array(active, dtype=int)
-        var = np.maximum(d2[kind] - d1[kind] ** 2 / n, 0.0) / max(n - 1, 1)
-        se = np.sqrt(var / n)  # 0 at each layer's own value (d = 0 for every sample)
         return Table(kind, tuple(neurons[i].name for i in keep), tuple(cands),
                      tuple(default_of(neurons[i]) for i in keep), S[keep], E[keep],
                      E[keep] * fo[keep, None], tuple(float(f) for f in fo[keep]), se[keep], per[kind][keep])
