@@ -13,8 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error of mean(a) - mean(b) for per-sample scores of the same samples (top-1:
+    1 right, 0 wrong): what the difference of two top-1s on this test set is known to."""
+    d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
 def main(argv=None):
@@ -45,12 +54,14 @@ def main(argv=None):
                 f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
                 f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
                 + (f", candidates at S + {args.z:g} SE" if args.z else "")
-                + (f", budget held out over {args.folds} folds" if args.folds else "") + ".\n\n" + "\n".join(lines) + "\n")
+                + (f", budget held out over {args.folds} folds" if args.folds else "") + ". ± SE: the standard "
+                "error of the top-1 difference to BS (paired, per test sample); sym. KL: §6's measure "
+                "against the ANN on the test samples.\n\n" + "\n".join(lines) + "\n")
         Path(args.out).write_text(text)
         return text
 
-    lines = ["| model | T | config | top-1 | vs BS (points) | spikes/sample | spikes vs BS | search s |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | T | config | top-1 | vs BS (points) | ± SE | agreement | sym. KL | spikes/sample | spikes vs BS | search s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in args.models.split(","):
         ann = ROOT / "models" / "zoo" / f"{name}.onnx"
         for T in (int(t) for t in args.Ts.split(",")):
@@ -79,9 +90,11 @@ def main(argv=None):
             for label, (snn, secs) in rows.items():
                 r = evaluate(str(ann), snn, (x, labels))
                 top1, spikes = r.snn.top1 * 100, r.energy.spikes
-                base = base or (top1, spikes)
-                line = (f"| {name} | {T} | {label} | {top1:.2f} | {top1 - base[0]:+.2f} | {spikes:,.0f} | "
-                        f"{spikes / base[1]:.3f} | {secs:.0f} |")
+                right = (r.snn_pred == labels).astype(np.float64)
+                base = base or (top1, spikes, right)
+                se = 100 * paired_se(right, base[2])
+                line = (f"| {name} | {T} | {label} | {top1:.2f} | {top1 - base[0]:+.2f} | {se:.2f} | "
+                        f"{r.agreement * 100:.2f} | {r.sym_kl:.4f} | {spikes:,.0f} | {spikes / base[1]:.3f} | {secs:.0f} |")
                 print(line, f"(ANN {r.ann.top1 * 100:.2f})", flush=True)
                 lines.append(line)
                 write()

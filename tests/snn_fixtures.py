@@ -73,8 +73,10 @@ def relu_max(ann: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def snn_model(T: int = 4, psi: int = 2, seed: int = 0, vth: dict | None = None,
-              tau: dict | None = None, psis: dict | None = None, with_spikes: bool = True) -> onnx.ModelProto:
-    """The SNN of ``ann_model(seed)``; vth per layer defaults to channel max / psi on sample_data()."""
+              tau: dict | None = None, psis: dict | None = None, with_spikes: bool = True,
+              biases: dict | None = None) -> onnx.ModelProto:
+    """The SNN of ``ann_model(seed)``; vth per layer defaults to channel max / psi on sample_data().
+    biases: initializer name (b1, b2, c1) -> a replacement."""
     ann = ann_model(seed)
     psis = psis or {}
     tau = tau or {}
@@ -105,7 +107,8 @@ def snn_model(T: int = 4, psi: int = 2, seed: int = 0, vth: dict | None = None,
         n("Reshape", ["logits_t", "tshape"], ["logits_tn"], name="split_time"),
         n("ReduceMean", ["logits_tn"], ["logits"], name="mean_time", axes=[0], keepdims=0),
     ]
-    inits = [numpy_helper.from_array(v, k) for k, v in _weights(seed).items()]
+    inits = [numpy_helper.from_array(np.asarray((biases or {}).get(k, v), np.float32), k)
+             for k, v in _weights(seed).items()]
     inits += [numpy_helper.from_array(np.array([T, 1, 1, 1], np.int64), "repeats"),
               numpy_helper.from_array(np.array([T, -1, 3], np.int64), "tshape")]
     inits += [numpy_helper.from_array(np.asarray(v, np.float32), f"vth_{k}") for k, v in vth.items()]

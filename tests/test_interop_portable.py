@@ -41,7 +41,7 @@ def test_cli_convert_search_and_portable(tmp_path):
                           "--tau-grid", "1:2:0.5", "--ssc-z", "1", "--search-samples", "16", "--portable", "-q",
                           "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert "psi/tau" in res.output
+    assert "psi/tau" in res.output and "BSR check" in res.output and "SSC check" in res.output
     meta = {p.key: p.value for p in load_model(out).metadata_props}
     assert "+ 1 SE" in json.loads(meta["onnx2burst.search"])["ssc"]["rule"]
     snn = load_model(out)

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from onnx2burst.cli import main
 from onnx2burst.errors import ConfigError
@@ -260,8 +260,20 @@ def test_tune_with_the_converter(tmp_path):
         np.testing.assert_array_equal(inits[n.input[1]], fit[n.name])
     meta = {p.key: p.value for p in res.model.metadata_props}
     assert json.loads(meta["onnx2burst.search"])["settings"][names[0]]["psi"] == res.bsr.choice[names[0]]
-    for k in ("bsr thresholds", "bsr measure", "bsr rebuild", "ssc measure", "ssc rebuild", "total"):
+    for k in ("bsr thresholds", "bsr measure", "bsr rebuild", "bsr check", "ssc measure", "ssc rebuild", "ssc check",
+              "total"):
         assert res.timings[k] >= 0
+    # the joint checks: the rebuilt SNN's S on the search samples, next to the tables' sum
+    from onnx2burst.report.evaluate import evaluate
+
+    for k, model in (("bsr", res.after_bsr), ("ssc", res.model)):
+        ck, m, c = res.checks[k], res.measurements[k], getattr(res, k)
+        tb = m.psi if k == "bsr" else m.tau
+        assert ck.before == m.baseline_S
+        want = m.baseline_S + sum(tb.S[i, tb.column(c.choice[n])] - m.baseline_S for i, n in enumerate(tb.layers))
+        assert ck.predicted == pytest.approx(want, rel=1e-12)
+        assert ck.measured == pytest.approx(evaluate(conv.source, model, data, limit=32).sym_kl, rel=1e-6)
+    assert res.to_dict()["checks"]["ssc"]["S_measured"] == res.checks["ssc"].measured
     json.dumps(res.to_dict())
 
 
@@ -277,6 +289,7 @@ def test_cli(tmp_path):
     res = CliRunner().invoke(main, args + ["-o", str(tmp_path / "tuned.onnx")])
     assert res.exit_code == 0, res.output
     assert "BSR" in res.output and "SSC" in res.output and "time split" in res.output
+    assert "the SNN rebuilt with this choice" in res.output
     doc = json.loads((out / "search.json").read_text())
     assert set(doc["choices"]) == {"bsr", "ssc"} and doc["T"] == 4
     assert len(doc["measurements"]["bsr"]["psi"]["S"]) == 3
@@ -287,7 +300,8 @@ def test_cli(tmp_path):
     sw = doc["r_sweep"]
     assert [p["r"] for p in sw["points"]] == [0.5, 1.0, 2.0, 4.0] and sw["before_ssc"]["r"] == 0.0
     assert all(p["top1"] is None and 0 <= p["agreement"] <= 1 and p["spikes"] > 0 for p in sw["points"])
-    assert "r sweep" in res.output and (out / "r_sweep.png").stat().st_size > 0
+    assert all(0 < p["sym_kl"] < np.inf for p in sw["points"] + [sw["before_ssc"]])
+    assert "r sweep" in res.output and "sym. KL" in res.output and (out / "r_sweep.png").stat().st_size > 0
     y = np.argmax(ort.InferenceSession(ann_model().SerializeToString()).run(None, {"x": sample_data(24, seed=5)})[0], 1)
     np.savez(tmp_path / "test.npz", x=sample_data(24, seed=5), labels=y)
     res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "1,3", "--eval-data", str(tmp_path / "test.npz")])
@@ -344,7 +358,49 @@ def test_mean_correction_moves_each_channel_mean_to_the_baseline():
 
 def test_mean_correction_changes_only_changed_layers(setup):
     ann, snn, x, m, *_ = setup
-    mc = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, mean_correct=True)
-    assert mc.baseline_S == pytest.approx(m.baseline_S)
-    np.testing.assert_array_equal(mc.psi.spikes, m.psi.spikes)   # spikes are the layer's own
-    assert not np.allclose(mc.tau.S, m.tau.S)                     # the tails saw shifted outputs
+    for mode in ("output", "input", True):
+        mc = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=20, threads=1, mean_correct=mode)
+        assert mc.baseline_S == pytest.approx(m.baseline_S)
+        assert not np.allclose(mc.tau.S, m.tau.S)                     # the tails saw corrected outputs
+        for t, tm in ((mc.psi, m.psi), (mc.tau, m.tau)):
+            for i, d in enumerate(t.defaults):                         # the layer's own value: the baseline
+                j = t.column(d)
+                assert t.S[i, j] == tm.S[i, j] and t.spikes[i, j] == tm.spikes[i, j]
+        if mode != "input":                                            # True: "output"
+            np.testing.assert_array_equal(mc.psi.spikes, m.psi.spikes)   # only the output moves
+        else:
+            assert not np.array_equal(mc.tau.spikes, m.tau.spikes)      # the input moves: new spikes
+    with pytest.raises(ConfigError, match="mean_correct must be one of"):
+        S.measure(ann, snn, x, psis=None, taus=TAUS, mean_correct="bias")
+
+
+def _outputs(model, x, names):
+    from onnx2burst import ops
+    from onnx2burst.tuning.energy import with_spike_outputs
+
+    m, _ = with_spike_outputs(model)
+    have = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    sess = ops.make_session(m)
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x})))
+
+
+@pytest.mark.parametrize("layer,bias,value", [("relu1", "b1", 3.0), ("relu2", "b2", 1.5), ("relu3", "c1", 3.0)])
+def test_input_correction_is_one_bias_calibration_step(setup, layer, bias, value):
+    """mean_correct="input" on one batch equals a full run of the SNN with layer i changed and
+    the bias in front of it lowered by the channel-mean difference of its output to the
+    baseline's (§5's one step): the same S and the same spikes."""
+    from snn_fixtures import _weights
+
+    ann, snn, x, _, vth, a = setup
+    m = S.measure(ann, snn, x, psis=None, taus=TAUS, batch_size=len(x), threads=1, mean_correct="input")
+    changed = snn_model(T=T, psi=PSI, vth=vth, tau={layer: value})
+    y0, y1 = _outputs(snn, x, [layer])[layer], _outputs(changed, x, [layer])[layer]
+    axes = tuple(k for k in range(y0.ndim) if k != 1)
+    delta = y1.mean(axis=axes, dtype=np.float64) - y0.mean(axis=axes, dtype=np.float64)
+    assert np.abs(delta).max() > 1e-3                                    # the step does something
+    b = (_weights(0)[bias] - delta).astype(np.float32)
+    out = _outputs(snn_model(T=T, psi=PSI, vth=vth, tau={layer: value}, biases={bias: b}), x, [layer])
+    i, j = m.tau.layers.index(layer), m.tau.column(value)
+    assert m.tau.S[i, j] == pytest.approx(mean_symmetric_kl(a, out["logits"]), rel=1e-4, abs=1e-9)
+    assert m.tau.spikes[i, j] == pytest.approx(out[f"{layer}_spikes"].mean(), rel=1e-5)

@@ -95,6 +95,9 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         if bsr or ssc:
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
+            for k, ck in tuned.checks.items():
+                click.echo(f"  {k.upper()} check   : S {ck.before:.4g} -> {ck.measured:.4g} on the search samples "
+                           f"(the per-layer tables predicted {ck.predicted:.4g})")
 
 
 def _progress(quiet: bool):

@@ -121,7 +121,7 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
     from onnx2burst.report.tables import search_tables
 
     con = Console()
-    for t in search_tables(steps, res.timings):
+    for t in search_tables(steps, res.timings, res.checks):
         con.print(t)
     if sweep is not None:
         from onnx2burst.report.tables import sweep_table

@@ -112,4 +112,4 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
         ann=ModelStats(top1(a_pred), 1e3 * a_sec / len(ds)),
         snn=ModelStats(top1(s_pred), 1e3 * s_sec / len(ds)),
         agreement=float((a_pred == s_pred).mean()), sym_kl=kl.value, energy=est,
-        kernel=bool(use_kernel), batch_size=batch_size, threads=threads, notes=em.notes)
+        kernel=bool(use_kernel), batch_size=batch_size, threads=threads, notes=em.notes, snn_pred=s_pred)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..tuning.energy import EnergyEstimate
 
 
@@ -32,6 +34,7 @@ class EvalResult:
     batch_size: int
     threads: int | None
     notes: tuple[str, ...] = field(default=())
+    snn_pred: "np.ndarray | None" = field(default=None, repr=False, compare=False)  # class per sample
 
     def to_dict(self) -> dict:
         return {

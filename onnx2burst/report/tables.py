@@ -54,8 +54,11 @@ def eval_tables(r: EvalResult):
     return s, t
 
 
-def search_tables(steps, timings=None):
-    """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, then the time split."""
+def search_tables(steps, timings=None, checks=None):
+    """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, then the time split.
+
+    checks: problem ("bsr" / "ssc") -> ``JointCheck``: the rebuilt SNN's S, in the caption.
+    """
     from rich.table import Table
 
     out = []
@@ -71,6 +74,10 @@ def search_tables(steps, timings=None):
         unit = "spikes" if c.energy_mode == "spikes" else "SynOps"
         t.caption = (f"sum E = {c.chosen[0]:.5g} {unit}/sample, sum S = {c.chosen[1]:.4g}; "
                      f"budget {c.budget:.5g} = {c.budget_rule}; frontier {len(c.frontier)} points")
+        ck = (checks or {}).get(c.problem)
+        if ck is not None:
+            t.caption += (f"\nthe SNN rebuilt with this choice: S = {ck.measured:.4g} on the same samples "
+                          f"(the tables add up to {ck.predicted:.4g}; before: {ck.before:.4g})")
         out.append(t)
     if timings:
         w = Table(title="time split (s)")
@@ -83,16 +90,19 @@ def search_tables(steps, timings=None):
 
 
 def sweep_table(points, baseline=None):
-    """SSC's r sweep as a rich table: r, top-1, agreement, spikes and energy per sample."""
+    """SSC's r sweep as a rich table: r, top-1, agreement, symmetric KL to the ANN, spikes and
+    energy per sample. (The KL is the search's measure: next to top-1 it shows how far the one
+    follows the other.)"""
     from rich.table import Table
 
     t = Table(title="SSC r sweep (biases recalibrated at each r)")
-    for col in ("r", "top-1", "agreement", "spikes/sample", "vs before SSC", "SynOps/sample", "energy vs ANN"):
+    for col in ("r", "top-1", "agreement", "sym. KL", "spikes/sample", "vs before SSC", "SynOps/sample", "energy vs ANN"):
         t.add_column(col, justify="right")
     ref = baseline.spikes if baseline is not None else None
     rows = ([("before", baseline)] if baseline is not None else []) + [(f"{p.r:g}", p) for p in points]
     for label, p in rows:
-        t.add_row(label + ("" if p.feasible else " (infeasible: least S)"), _pct(p.top1), _pct(p.agreement), f"{p.spikes:,.0f}",
+        t.add_row(label + ("" if p.feasible else " (infeasible: least S)"), _pct(p.top1), _pct(p.agreement),
+                  "" if p.sym_kl is None else f"{p.sym_kl:.4f}", f"{p.spikes:,.0f}",
                   "" if not ref else f"{p.spikes / ref:.3f}", f"{p.synops:,.0f}",
                   "" if p.energy_ratio is None else f"{p.energy_ratio:.3f}")
     return t

@@ -1,0 +1,74 @@
+"""Why SSC's sensitivity budget and top-1 part ways (issue: search), measured.
+
+For one model and T, on the test set: BS; BS with one layer's tau changed (``--layer``, ``--taus``);
+SSC (r = 1.0) from BS, with the joint check of ``tune`` (S of the rebuilt SNN on the search samples
+against what the per-layer tables add up to). Columns: top-1, agreement with the ANN, the symmetric
+KL to the ANN (§6's measure) and spikes per sample. Prints a Markdown table.
+
+    python benchmarks/search_diagnostics.py --model resnet20_fmnist --T 4 \\
+        --layer /layers/layers.2/layers.2.2/relu2/Relu --taus 2,4
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet20_fmnist")
+    ap.add_argument("--T", type=int, default=4)
+    ap.add_argument("--layer", default="/layers/layers.2/layers.2.2/relu2/Relu", help="the layer whose tau alone changes")
+    ap.add_argument("--taus", default="2,4", help="tau values for --layer")
+    ap.add_argument("--grid", default="1:10:0.5", help="SSC tau grid")
+    ap.add_argument("--search-samples", type=int, default=256)
+    ap.add_argument("--folds", type=int, default=0, help="SSC: held-out budget over this many folds (0: the paper's rule)")
+    ap.add_argument("--limit", type=int, default=10000)
+    args = ap.parse_args(argv)
+
+    from models.data import load_fmnist_test_npz
+    from onnx2burst.config import ConvertConfig
+    from onnx2burst.convert import Converter
+    from onnx2burst.report.evaluate import evaluate
+    from onnx2burst.tuning import search as S
+
+    x, labels = load_fmnist_test_npz("full")
+    x, labels = x[: args.limit], labels[: args.limit]
+    ann = ROOT / "models" / "zoo" / f"{args.model}.onnx"
+    conv = Converter(ann, ConvertConfig(T=args.T, psi=4))
+    data = conv.load_data(ROOT / "models" / "data" / "fmnist_calib.npz")
+    stats = conv.activation_stats(data, None)
+    bs_settings = conv.settings()
+    if args.layer not in bs_settings:
+        raise SystemExit(f"--layer {args.layer!r} is not a neuron of {args.model}: {list(bs_settings)}")
+
+    print(f"{args.model}, T = {args.T}, {len(labels)} test samples\n")
+    print("| SNN | top-1 | agreement | sym. KL (test) | spikes/sample | S on the search samples: tables -> rebuilt |")
+    print("|---|---:|---:|---:|---:|---|")
+
+    def row(label, model, check=""):
+        r = evaluate(str(ann), model, (x, labels))
+        print(f"| {label} | {r.snn.top1 * 100:.2f} | {r.agreement * 100:.2f} | {r.sym_kl:.4f} | "
+              f"{r.energy.spikes:,.0f} | {check} |", flush=True)
+
+    bs = S.rebuild(conv, data, stats, bs_settings)
+    row("BS", bs)
+    for tau in (float(t) for t in args.taus.split(",") if t):
+        st = dict(bs_settings)
+        st[args.layer] = (st[args.layer][0], tau)
+        row(f"BS, {'/'.join(args.layer.split('/')[-3:-1])} tau {tau:g}", S.rebuild(conv, data, stats, st))
+    t0 = time.perf_counter()
+    res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, taus=S.parse_grid(args.grid), samples=args.search_samples,
+                 ssc_folds=args.folds)
+    ck = res.checks["ssc"]
+    row(f"+SSC ({time.perf_counter() - t0:.0f} s)", res.model,
+        f"{ck.before:.4f} -> {ck.predicted:.4f} predicted, {ck.measured:.4f} rebuilt")
+
+
+if __name__ == "__main__":
+    main()
