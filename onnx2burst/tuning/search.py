@@ -367,7 +367,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
       baseline's is subtracted from its input (the bias in front of it) and the layer runs
       again, so its spikes include those the correction brings back. The spike estimate is
       closer to the rebuilt model's: on the Fashion-MNIST VGG at T = 4 (SSC, 512 samples, held
-      out budget) 0.848 predicted vs 0.854 rebuilt, where "output" predicts 0.840 vs 0.853.
+      out budget) 0.848 predicted vs 0.854 rebuilt, where "output" predicts 0.840 vs 0.852.
       But it rates large taus as cheaper, and the additive sum of S is then further from what
       the choice costs: on the ResNet-20 at T = 4 (same setting), SSC gives 0.65x spikes for
       -1.11 points top-1, where "output" gives 0.70x for -0.42. Hence not the default.
