@@ -329,20 +329,14 @@ class _SearchGraphs:
 
 
 # ----------------------------------------------------------------------------- measuring
-def _mean_corrected(y: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``y`` shifted per channel (axis 1) so that its mean over every other axis equals
-    ``base``'s: what bias calibration (§5) would do to the layer's output."""
+def _mean_corrected(y: np.ndarray, base: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+    """``target`` (default ``y``) minus, per channel (axis 1), the difference of ``y``'s and
+    ``base``'s means over every other axis: the step of §5 bias calibration. Applied to ``y``
+    it gives the layer's output the baseline's mean; applied to the layer's input it is the
+    bias change in front of the neuron."""
     axes = tuple(a for a in range(y.ndim) if a != 1)
     shift = y.mean(axis=axes, keepdims=True, dtype=np.float64) - base.mean(axis=axes, keepdims=True, dtype=np.float64)
-    return (y - shift.astype(np.float32)).astype(np.float32, copy=False)
-
-
-def _input_corrected(x: np.ndarray, y: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``x`` shifted per channel by the difference of ``y``'s and ``base``'s means: the one
-    step of §5 bias calibration, applied where it acts (the bias in front of the neuron)."""
-    axes = tuple(a for a in range(y.ndim) if a != 1)
-    delta = y.mean(axis=axes, keepdims=True, dtype=np.float64) - base.mean(axis=axes, keepdims=True, dtype=np.float64)
-    return (x - delta.astype(np.float32)).astype(np.float32, copy=False)
+    return ((y if target is None else target) - shift.astype(np.float32)).astype(np.float32, copy=False)
 
 
 def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAULT_PSI_MAX + 1)),
@@ -477,7 +471,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     cell = sg.cell(xi.ndim, nr.T, p)
                     y, s = cell.run(None, {"X": xi, "vth": theta})
                     if correction == "input":
-                        y, s = cell.run(None, {"X": _input_corrected(xi, y, env[nr.y]), "vth": theta})
+                        y, s = cell.run(None, {"X": _mean_corrected(y, env[nr.y], target=xi), "vth": theta})
                     t_cell += time.perf_counter() - t
                     t = time.perf_counter()
                     if correction == "output":
