@@ -4,7 +4,7 @@ For each model and T: uniform psi=4 (BS), + BSR (ratio 1.0), + SSC (r = 1.0), + 
 the test set and total spikes per sample relative to BS. Writes benchmarks/results/search.md.
 
     python benchmarks/search_acceptance.py [--models resnet20_fmnist,vgg_fmnist] [--Ts 8,4]
-        [--limit 10000] [--search-samples 256]
+        [--limit 10000] [--search-samples 256] [--taus GRID] [--guard 4096]
 """
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def main(argv=None):
     ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
     ap.add_argument("--z", type=float, default=0.0, help="SSC: candidates at S + z * SE (0: the paper's rule)")
     ap.add_argument("--folds", type=int, default=0, help="SSC: budget held out over this many folds (0: the paper's rule)")
+    ap.add_argument("--guard", type=int, default=0,
+                    help="SSC decision guard on this many training images that are not calibration images "
+                         "(models.data.load_fmnist_guard; 0: no guard, the paper's rule)")
+    ap.add_argument("--guard-z", type=float, default=2.0, help="the guard flags a loss beyond this many SE")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
 
@@ -48,13 +52,22 @@ def main(argv=None):
     x, labels = load_fmnist_test_npz("full")
     x, labels = x[: args.limit], labels[: args.limit]
     calib = ROOT / "models" / "data" / "fmnist_calib.npz"
+    guard = None
+    if args.guard:
+        from models.data import load_fmnist_guard
+
+        guard = load_fmnist_guard(args.guard)
+    extra = dict(taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds, guard=guard,
+                 guard_samples=args.guard or None, guard_z=args.guard_z)
 
     def write():  # after every row, so that a long run that stops keeps what it measured
         text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
                 f"Test samples: {len(labels)}; search on {args.search_samples} calibration samples; "
                 f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
                 + (f", candidates at S + {args.z:g} SE" if args.z else "")
-                + (f", budget held out over {args.folds} folds" if args.folds else "") + ". ± SE: the standard "
+                + (f", budget held out over {args.folds} folds" if args.folds else "")
+                + (f", decision guard on {args.guard} training images that are not calibration images "
+                   f"(z = {args.guard_z:g})" if args.guard else "") + ". ± SE: the standard "
                 "error of the top-1 difference to BS (paired, per test sample); sym. KL: §6's measure "
                 "against the ANN on the test samples.\n\n" + "\n".join(lines) + "\n")
         Path(args.out).write_text(text)
@@ -72,8 +85,7 @@ def main(argv=None):
             want = args.configs.split(",")
             if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                 t0 = time.perf_counter()
-                res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds)
+                res = S.tune(conv, data, bsr=True, ssc=True, snn=bs, samples=args.search_samples, **extra)
                 secs = time.perf_counter() - t0
                 t_bsr = sum(v for k, v in res.timings.items() if k.startswith("bsr"))
                 if "+BSR" in want:
@@ -81,8 +93,7 @@ def main(argv=None):
                 both = (res.model, secs)
             if "+SSC" in want:
                 t0 = time.perf_counter()
-                res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples,
-                             taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds)
+                res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, samples=args.search_samples, **extra)
                 rows["+SSC"] = (res.model, time.perf_counter() - t0)
             if "+BSR+SSC" in want:
                 rows["+BSR+SSC"] = both

@@ -115,6 +115,20 @@ def load_fmnist_calib_npz(path: str | os.PathLike | None = None):
     return load_fmnist_test_npz(path if path is not None else CALIB_NPZ)
 
 
+def load_fmnist_guard(n: int = 4096, seed: int = 1, root=None) -> np.ndarray:
+    """``n`` normalised training images that are not in the stored calibration batch (a
+    fixed-seed random pick, in file order): data for SSC's decision guard
+    (``--guard-data``), which must not be the search samples. No labels."""
+    images, _ = load_fmnist_raw("train", root)
+    with np.load(CALIB_NPZ) as z:
+        taken = z["index"]
+    rest = np.setdiff1d(np.arange(len(images)), taken)
+    if n > len(rest):
+        raise ValueError(f"{n} guard images asked for, {len(rest)} training images are not calibration images")
+    idx = np.sort(np.random.default_rng(seed).choice(rest, size=n, replace=False))
+    return normalize(images[idx])
+
+
 # ------------------------------------------------------------------ fmnist-dvs
 # Event version of Fashion-MNIST (models/dvs.py, `python -m models.make_dvs`): voxel
 # grids of B=9 time bins x 2 polarities, [N,18,34,34]. The stored counts (uint8) are

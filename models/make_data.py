@@ -8,6 +8,10 @@
   fixed seed), same keys.
 
 Both are in the order of the original files' indices (also stored, key ``index``).
+
+With ``--guard N`` it also writes ``models/cache/fmnist_guard.npz`` (not stored in the
+repository): N training images that are not calibration images, key ``input``, for SSC's
+decision guard (``onnx2burst search/convert --guard-data``).
 The full 10k test set is not stored: ``models.data.load_fmnist_test()`` reads it
 from the Debian package ``dataset-fashion-mnist``.
 """
@@ -40,6 +44,9 @@ def main(argv=None):
     p.add_argument("--calib", type=int, default=512, help="calibration images")
     p.add_argument("--test", type=int, default=1000, help="test-subset images")
     p.add_argument("--out", default=str(D.DATA_DIR))
+    p.add_argument("--guard", type=int, default=0,
+                   help="also write models/cache/fmnist_guard.npz with this many training images that are not "
+                        "calibration images (SSC's --guard-data)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +62,18 @@ def main(argv=None):
         print(f"wrote {out / fname}: {split} {x.shape} {x.dtype}, "
               f"classes {np.bincount(y, minlength=10).tolist()}, "
               f"{(out / fname).stat().st_size / 1e6:.2f} MB")
+    if args.guard:
+        import io
+
+        from onnx2burst.io import write_file
+
+        x = D.load_fmnist_guard(args.guard)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, input=x)
+        dest = D.DATA_DIR.parent / "cache" / "fmnist_guard.npz"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_file(dest, buf.getvalue())
+        print(f"wrote {dest}: {x.shape} {x.dtype}, {dest.stat().st_size / 1e6:.2f} MB")
 
 
 if __name__ == "__main__":

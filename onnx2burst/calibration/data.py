@@ -269,16 +269,16 @@ def _load_npz(path: Path, specs, samples, seed, max_memory=None) -> CalibrationS
     return _from_arrays(arrays, specs, str(path), samples, seed)
 
 
-def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
-    if len(specs) != 1:
-        raise CalibrationDataError(f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs "
-                                   f"{[s.name for s in specs]}; use an .npz with one array per input")
+def npy_array(path, samples: int | None = None, max_memory=None) -> np.ndarray:
+    """The array of a ``.npy`` file, memory-mapped (no pickles, no objects), refused when its
+    first ``samples`` rows (all when None) would need more than the memory limit."""
+    path = Path(path)
     a = _np_load(path)
     if not isinstance(a, np.ndarray):
         raise CalibrationDataError(f"{path}: expected a .npy array")
     if a.dtype == object:
         raise CalibrationDataError(f"{path}: holds Python objects; refused")
-    rows = min(a.shape[0], samples) if a.ndim else 0
+    rows = (a.shape[0] if samples is None else min(a.shape[0], samples)) if a.ndim else 0
     need = rows * int(np.prod(a.shape[1:], dtype=np.float64)) * a.dtype.itemsize
     limit, source = memory_limit(max_memory)
     if need > limit:  # a (sparse) file declaring huge samples: the copy out of the map is bounded
@@ -286,6 +286,14 @@ def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationS
             f"{path}: {rows} samples of shape {list(a.shape[1:])} {a.dtype} need {format_bytes(need)} ({need:,} "
             f"bytes), more than the limit of {format_bytes(limit)} ({limit:,} bytes; {source}); refused before "
             "reading them")
+    return a
+
+
+def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
+    if len(specs) != 1:
+        raise CalibrationDataError(f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs "
+                                   f"{[s.name for s in specs]}; use an .npz with one array per input")
+    a = npy_array(path, samples, max_memory)
     return _from_arrays({specs[0].name: a}, specs, str(path), samples, seed)
 
 

@@ -63,6 +63,16 @@ ssc_rule_options = _compose(
     click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
                  help="SSC held-out budget: lower r to what a choice made without each of K folds of the search "
                       "samples keeps on that fold (0: the paper's rule; 4 is a good K)."),
+    click.option("--guard-data", "guard_data", type=click.Path(exists=True, dir_okay=False), default=None,
+                 metavar="DATA",
+                 help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
+                      "calibration samples) on which each layer SSC changes must not lower the agreement with "
+                      "the ANN by more than --guard-z standard errors; a layer that does gets that tau and larger "
+                      "ones forbidden, and SSC chooses again."),
+    click.option("--guard-samples", "guard_samples", type=click.IntRange(2), default=4096, show_default=True,
+                 help="Use the first N inputs of --guard-data."),
+    click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                 help="--guard-data flags a layer whose loss of agreement exceeds this many standard errors."),
 )
 
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,

@@ -41,7 +41,8 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, ssc_folds, taus, r, energy, samples,
+def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, ssc_folds, guard_data, guard_samples,
+            guard_z, taus, r, energy, samples,
             output, r_sweep, eval_data, as_json, quiet, **kw):
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
 
@@ -86,6 +87,7 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
         snn = load_model(snn_path) if snn_path else None
         res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
                      ratio=ratio, taus=grid, r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy, samples=samples,
+                     guard=guard_data, guard_samples=guard_samples, guard_z=guard_z,
                      progress=progress, show_progress=not (quiet or as_json))
         sweep = None
         if ssc and rs:
@@ -121,7 +123,7 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
     from onnx2burst.report.tables import search_tables
 
     con = Console()
-    for t in search_tables(steps, res.timings, res.checks):
+    for t in search_tables(steps, res.timings, res.checks, res.guard):
         con.print(t)
     if sweep is not None:
         from onnx2burst.report.tables import sweep_table

@@ -1,4 +1,5 @@
-"""Input batches for evaluation and search: arrays, or an ``.npz`` with inputs and labels.
+"""Input batches for evaluation and search: arrays, an ``.npy`` of inputs, or an ``.npz`` with
+inputs and labels.
 
 An ``.npz`` holds the input under the model's input name, ``input``, or ``x`` (or as its
 only array), and optionally labels under ``labels``, ``label`` or ``y``. It is read as
@@ -42,7 +43,8 @@ class Dataset:
 
 def load_dataset(data, input_name: str | None = None, max_memory=None) -> Dataset:
     """A Dataset from a Dataset, a ``CalibrationSet`` (one input), an array, an
-    ``(x, labels)`` pair, or an ``.npz`` path (its arrays within ``max_memory``, see
+    ``(x, labels)`` pair, an ``.npy`` path (inputs only), or an ``.npz`` path (its arrays within
+    ``max_memory``, see
     ``onnx2burst.limits``)."""
     if isinstance(data, Dataset):
         return data
@@ -63,8 +65,14 @@ def load_dataset(data, input_name: str | None = None, max_memory=None) -> Datase
     path = os.fspath(data)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path} does not exist")
-    from ..calibration.data import npz_arrays, npz_headers
+    from ..calibration.data import npy_array, npz_arrays, npz_headers
+    from ..errors import CalibrationDataError  # a ValueError: a clean message at the CLI
 
+    if path.endswith(".npy"):  # one input array, no labels
+        a = npy_array(path, None, max_memory)
+        if a.ndim < 2:
+            raise CalibrationDataError(f"{path}: expected inputs [N, ...], got an array of shape {list(a.shape)}")
+        return Dataset(np.ascontiguousarray(a, dtype=np.float32), None, path)
     with np.load(path, allow_pickle=False) as z:
         headers = npz_headers(z, path)  # no array decompressed yet; pickles refused
         keys = list(headers)
@@ -73,14 +81,14 @@ def load_dataset(data, input_name: str | None = None, max_memory=None) -> Datase
         if xk is None and len(arrays) == 1:
             xk = arrays[0]
         if xk is None:
-            raise ValueError(f"{path}: no input array; expected one of "
-                             f"{[input_name] if input_name else []}{list(_INPUT_KEYS)}, found {keys}")
+            want = list(dict.fromkeys(((input_name,) if input_name else ()) + _INPUT_KEYS))
+            raise CalibrationDataError(f"{path}: no input array; expected one of {want}, found {keys}")
         yk = next((k for k in _LABEL_KEYS if k in keys), None)
         got = npz_arrays(z, path, [xk] + ([yk] if yk else []), max_memory)
         x = np.ascontiguousarray(got[xk], dtype=np.float32)
         y = None if yk is None else got[yk].astype(np.int64).reshape(-1)
     if y is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"{path}: {x.shape[0]} inputs but {y.shape[0]} labels")
+        raise CalibrationDataError(f"{path}: {x.shape[0]} inputs but {y.shape[0]} labels")
     return Dataset(x, y, path)
 
 

@@ -54,8 +54,9 @@ def eval_tables(r: EvalResult):
     return s, t
 
 
-def search_tables(steps, timings=None, checks=None):
-    """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, then the time split.
+def search_tables(steps, timings=None, checks=None, guard=None):
+    """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, the SSC guard's
+    rounds (a ``tuning.guard.GuardResult``, if any), then the time split.
 
     checks: problem ("bsr" / "ssc") -> ``JointCheck``: the rebuilt SNN's S, in the caption.
     """
@@ -79,6 +80,8 @@ def search_tables(steps, timings=None, checks=None):
             t.caption += (f"\nthe SNN rebuilt with this choice: S = {ck.measured:.4g} on the same samples "
                           f"(the tables add up to {ck.predicted:.4g}; before: {ck.before:.4g})")
         out.append(t)
+    if guard is not None:
+        out.append(guard_table(guard))
     if timings:
         w = Table(title="time split (s)")
         w.add_column("stage")
@@ -87,6 +90,24 @@ def search_tables(steps, timings=None, checks=None):
             w.add_row(k, f"{v:.1f}")
         out.append(w)
     return out
+
+
+def guard_table(guard):
+    """The SSC guard's rounds: each changed layer's loss of agreement with the ANN, L +- SE
+    (points of the guard samples), flagged when L > z * SE."""
+    from rich.table import Table
+
+    t = Table(title=f"SSC guard: loss of agreement with the ANN per changed layer ({guard.samples} samples, "
+                    f"flagged when L > {guard.z:g} SE)")
+    for col in ("round", "layer", "tau", "L (points)", "SE", "flagged"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for k, rd in enumerate(guard.rounds, 1):
+        for (name, tau), (L, se) in rd.losses.items():
+            bad = (name, tau) in rd.flagged
+            t.add_row(str(k), name, f"{tau:g}", f"{100 * L:+.2f}", f"{100 * se:.2f}", "[bold red]yes[/]" if bad else "")
+    forb = ", ".join(f"{n} from {v:g}" for n, v in guard.forbidden.items()) or "none"
+    t.caption = f"{len(guard.rounds)} round(s), {guard.seconds:.0f} s; forbidden: {forb}"
+    return t
 
 
 def sweep_table(points, baseline=None):

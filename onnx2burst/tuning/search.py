@@ -695,12 +695,15 @@ class TuneResult:
     ssc_start: dict[str, tuple[int, float]] | None = None  # the settings SSC began from
     after_bsr: onnx.ModelProto | None = None     # the SNN after BSR (recalibrated), before SSC
     checks: dict[str, "JointCheck"] = field(default_factory=dict)  # "bsr" / "ssc": the rebuilt SNN's S
+    guard: object | None = None                  # tuning.guard.GuardResult when SSC ran guarded
+    guard_probe: object | None = None            # its AgreementProbe (measured pairs cached), for sweep_r
 
     def to_dict(self) -> dict:
         return {"settings": {k: {"psi": p, "tau": t} for k, (p, t) in self.settings.items()},
                 "choices": {k: c.to_dict() for k, c in (("bsr", self.bsr), ("ssc", self.ssc)) if c is not None},
                 "measurements": {k: m.to_dict() for k, m in self.measurements.items()},
                 "checks": {k: c.to_dict() for k, c in self.checks.items()},
+                "guard": None if self.guard is None else self.guard.to_dict(),
                 "timings": dict(self.timings)}
 
 
@@ -752,12 +755,16 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          taus: Sequence[float] = DEFAULT_TAUS, r: float = 1.0, energy: str = "spikes",
          samples: int | None = 256, batch_size: int | None = 32, threads: int | None = None,
          kernel: bool | None = None, progress=None, show_progress: bool = False,
-         ssc_z: float = 0.0, ssc_folds: int = 0) -> TuneResult:
+         ssc_z: float = 0.0, ssc_folds: int = 0, guard=None, guard_samples: int | None = 4096,
+         guard_z: float = 2.0) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
 
     ssc_z: SSC counts each candidate at S + ssc_z * SE; ssc_folds >= 2: SSC's budget is lowered
     to what holds on held-out folds of the search samples (see :func:`choose_ssc`); 0 and 0
-    are the paper's rule.
+    are the paper's rule. guard: data (unlabeled is enough, not the search samples) for SSC's
+    decision guard (``tuning.guard``): a changed layer whose tau lowers the agreement with the
+    ANN on the first ``guard_samples`` of it by more than ``guard_z`` standard errors gets
+    that tau forbidden, and SSC chooses again (None: no guard, the paper's rule).
 
     conv: an ``onnx2burst.convert.Converter``; data: its ``CalibrationSet`` (the first
     ``samples`` of it measure the sensitivities; all of it fits thresholds and biases).
@@ -787,6 +794,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
     settings = conv.settings()
     ann = conv.source
     out: dict[str, object] = {"bsr": None, "ssc": None}
+    guarded = probe = None
     measurements: dict[str, Measurement] = {}
     ssc_start = after_bsr = None
     checks: dict[str, JointCheck] = {}
@@ -814,9 +822,23 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         m = measure(ann, snn, data, psis=None, taus=taus, **kw)
         measurements["ssc"] = m
         ssc_start = dict(settings)
-        c = choose_ssc(m.tau, r=r, energy=energy, z=ssc_z, folds=ssc_folds)
-        out["ssc"] = c
         timings["ssc measure"] = m.timings["total"]
+
+        def choose(table):
+            return choose_ssc(table, r=r, energy=energy, z=ssc_z, folds=ssc_folds)
+
+        if guard is not None:
+            from .guard import AgreementProbe, guarded_ssc
+
+            t = time.perf_counter()
+            probe = AgreementProbe(ann, snn, guard, samples=guard_samples, batch_size=64, threads=threads,
+                                   kernel=kernel, progress=show_progress)
+            guarded = guarded_ssc(m.tau, probe.losses, choose, z=guard_z, samples=probe.samples)
+            c = guarded.choice
+            timings["ssc guard"] = time.perf_counter() - t
+        else:
+            c = choose(m.tau)
+        out["ssc"] = c
         settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
         t = time.perf_counter()
         snn = rebuild(conv, data, stats, settings, progress=progress)
@@ -825,14 +847,18 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         checks["ssc"] = joint_check(ann, snn, data, c, m, threads=threads, kernel=kernel)
         timings["ssc check"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings, ssc_start, after_bsr, checks)
+    res = TuneResult(snn, settings, out["bsr"], out["ssc"], measurements, timings, ssc_start, after_bsr, checks,
+                     guarded, probe)
     import json
 
     p = snn.metadata_props.add()
     p.key, p.value = "onnx2burst.search", json.dumps(
         {"settings": res.to_dict()["settings"],
          "bsr": None if res.bsr is None else {"budget": res.bsr.budget, "rule": res.bsr.budget_rule, "energy": energy},
-         "ssc": None if res.ssc is None else {"budget": res.ssc.budget, "rule": res.ssc.budget_rule, "energy": energy}})
+         "ssc": None if res.ssc is None else {"budget": res.ssc.budget, "rule": res.ssc.budget_rule, "energy": energy,
+                                              "guard": None if guarded is None else
+                                              {"samples": guarded.samples, "z": guarded.z,
+                                               "forbidden": dict(guarded.forbidden)}}})
     return res
 
 
@@ -859,6 +885,7 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
             folds: int = 0) -> tuple[SweepPoint, list[SweepPoint]]:
     """SSC at each budget ``r`` (§8) from the tau table ``tune`` measured: choose, rebuild
     (biases recalibrated), evaluate on ``eval_data`` -- the accuracy/spikes trade-off to pick from.
+    When ``tune`` ran SSC guarded, every r is guarded too (with the pairs measured once).
 
     Returns (the SNN SSC started from, as a point with r = 0; one point per r).
     """
@@ -874,7 +901,14 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
         settings, feasible = dict(start), True
         if r is not None:
             try:
-                choice = choose_ssc(table, r=r, energy=energy, z=z, folds=folds).choice
+                if res.guard_probe is not None:
+                    from .guard import guarded_ssc
+
+                    choice = guarded_ssc(table, res.guard_probe.losses,
+                                         lambda t, r=r: choose_ssc(t, r=r, energy=energy, z=z, folds=folds),
+                                         z=res.guard.z).choice.choice
+                else:
+                    choice = choose_ssc(table, r=r, energy=energy, z=z, folds=folds).choice
             except InfeasibleBudgetError:  # below every configuration: the least sensitive one
                 feasible = False
                 least = np.argmin(table.sensitivity(z), axis=1)

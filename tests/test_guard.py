@@ -1,0 +1,202 @@
+"""SSC's decision guard (onnx2burst.tuning.guard): the probe against the changed SNN, the
+loop against brute force over what it leaves allowed, and the CLI."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnx2burst.cli import main
+from onnx2burst.errors import ConfigError
+from onnx2burst.tuning import search as S
+from onnx2burst.tuning.guard import AgreementProbe, guarded_ssc, masked
+from snn_fixtures import ann_model, reference_run, sample_data, snn_model
+
+T, PSI = 4, 2
+
+
+def _table(rng, L, K, with_kl=False):
+    cands = tuple([1.0] + sorted(rng.choice(np.arange(2, 40) / 4, size=K - 1, replace=False).tolist()))
+    n = 8
+    kl = rng.uniform(0, 1, size=(L, K, n))
+    kl[:, 0, :] = kl[0, 0, :]                        # tau = 1 is the baseline for every layer
+    Sm = kl.mean(-1)
+    E = np.sort(rng.uniform(1, 10, size=(L, K)), axis=1)[:, ::-1].copy()   # larger tau, fewer spikes
+    se = np.abs(rng.normal(0, 0.05, size=(L, K)))
+    se[:, 0] = 0
+    return S.Table("tau", tuple(f"l{i}" for i in range(L)), cands, (1.0,) * L, Sm, E, E * 2.0,
+                   (2.0,) * L, se, kl if with_kl else None)
+
+
+def _brute_allowed(tb, forbid, budget):
+    best = None
+    for ks in itertools.product(range(tb.S.shape[1]), repeat=tb.S.shape[0]):
+        if any(forbid[i, k] for i, k in enumerate(ks)):
+            continue
+        c = sum(tb.S[i, k] for i, k in enumerate(ks))
+        e = sum(tb.spikes[i, k] for i, k in enumerate(ks))
+        if c <= budget * (1 + 1e-9) and (best is None or e < best):
+            best = e
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_masked_candidates_are_never_chosen(seed):
+    rng = np.random.default_rng(seed)
+    tb = _table(rng, int(rng.integers(2, 5)), int(rng.integers(2, 5)), with_kl=True)
+    forbid = rng.uniform(size=tb.S.shape) < 0.4
+    forbid[:, 0] = False
+    for kw in ({}, {"z": 1.0}, {"folds": 2}, {"r": 3.0}):
+        c = S.choose_ssc(masked(tb, forbid), **kw)
+        for i, name in enumerate(tb.layers):
+            assert not forbid[i, tb.column(c.choice[name])], (kw, name)
+    # the plain rule over the allowed candidates is the brute-force optimum over them
+    c = S.choose_ssc(masked(tb, forbid), r=1.5)
+    assert c.budget == pytest.approx(1.5 * tb.S[:, 0].sum())
+    assert c.chosen[0] == pytest.approx(_brute_allowed(tb, forbid, c.budget))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_guard_loop_against_brute_force(seed):
+    """The final choice: no changed layer flagged, every forbidden tau is at or beyond a tau
+    that was flagged for its layer, and the least energy over what stays allowed."""
+    rng = np.random.default_rng(100 + seed)
+    tb = _table(rng, int(rng.integers(3, 6)), int(rng.integers(2, 6)))
+    # a decision-loss oracle that grows with tau, with one noise level per layer
+    slope = rng.uniform(-0.5, 2.0, size=len(tb.layers))
+    se = rng.uniform(0.05, 0.3, size=len(tb.layers))
+    calls = []
+
+    def losses(pairs):
+        calls.append(list(pairs))
+        return {(n, t): (float(slope[int(n[1:])] * (t - 1) * 0.2), float(se[int(n[1:])])) for n, t in pairs}
+
+    z = 1.5
+    g = guarded_ssc(tb, losses, lambda t: S.choose_ssc(t, r=1.3), z=z, samples=99)
+    assert g.samples == 99 and len(calls) == sum(1 for rd in g.rounds if rd.losses)
+    final = g.rounds[-1]
+    assert not final.flagged
+    assert dict(final.choice) == dict(g.choice.choice)
+    flagged = [p for rd in g.rounds for p in rd.flagged]
+    for name, tau in flagged:
+        L, s = losses([(name, tau)])[name, tau]
+        assert L > z * s
+    cands = np.asarray(tb.candidates)
+    forbid = np.zeros(tb.S.shape, bool)
+    for name, tau in flagged:
+        forbid[int(name[1:])] |= cands >= tau - 1e-12
+    assert not forbid[:, 0].any()
+    assert {tb.layers[i]: float(cands[forbid[i]].min()) for i in range(len(tb.layers)) if forbid[i].any()} \
+        == dict(g.forbidden)
+    for i, name in enumerate(tb.layers):
+        assert not forbid[i, tb.column(g.choice.choice[name])]
+        t = g.choice.choice[name]
+        if t != 1.0:
+            L, s = losses([(name, t)])[name, t]
+            assert not (L > 0 and L > z * s)
+    assert g.choice.chosen[0] == pytest.approx(_brute_allowed(tb, forbid, g.choice.budget))
+    # without any loss the guard is the plain rule, in one round
+    g0 = guarded_ssc(tb, lambda pairs: {p: (0.0, 0.1) for p in pairs}, lambda t: S.choose_ssc(t, r=1.3))
+    assert len(g0.rounds) == 1 and dict(g0.choice.choice) == dict(S.choose_ssc(tb, r=1.3).choice)
+
+
+def test_guard_rejects_negative_z():
+    tb = _table(np.random.default_rng(0), 2, 3)
+    with pytest.raises(ConfigError, match="guard z"):
+        guarded_ssc(tb, lambda p: {}, lambda t: S.choose_ssc(t), z=-1)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    ann, snn = ann_model(), snn_model(T=T, psi=PSI)
+    x = sample_data(96, seed=5)
+    vth = {t.name[4:]: numpy_helper.to_array(t) for t in snn.graph.initializer if t.name.startswith("vth_")}
+    cls = ort.InferenceSession(ann.SerializeToString()).run(None, {"x": x})[0].argmax(-1)
+    return ann, snn, x, vth, cls
+
+
+@pytest.mark.parametrize("layer,tau", [("relu1", 3.0), ("relu2", 2.5), ("relu3", 4.0)])
+def test_probe_matches_the_changed_snn(toy, layer, tau):
+    """Without the mean correction, L and SE are those of the SNN with only that layer's tau
+    changed, run whole, against the SNN as it is (paired over the samples)."""
+    ann, snn, x, vth, cls = toy
+    probe = AgreementProbe(ann, snn, x, samples=80, batch_size=24, threads=1, mean_correct=False)
+    assert probe.samples == 80
+    base, _ = reference_run(snn, x[:80])
+    changed, _ = reference_run(snn_model(T=T, psi=PSI, vth=vth, tau={layer: tau}), x[:80])
+    d = (base.argmax(-1) == cls[:80]).astype(float) - (changed.argmax(-1) == cls[:80])
+    L, se = probe.losses([(layer, tau)])[layer, tau]
+    assert L == pytest.approx(d.mean(), abs=1e-12)
+    assert se == pytest.approx(d.std(ddof=1) / np.sqrt(80), abs=1e-12)
+    # cached: asking again runs nothing
+    t = probe.seconds
+    assert probe.losses([(layer, tau)])[layer, tau] == (L, se) and probe.seconds == t
+
+
+def test_probe_errors(toy):
+    ann, snn, x, *_ = toy
+    with pytest.raises(ConfigError, match="at least 2 samples"):
+        AgreementProbe(ann, snn, x[:1])
+    probe = AgreementProbe(ann, snn, x[:8], threads=1)
+    with pytest.raises(ConfigError, match="unknown layer"):
+        probe.losses([("nope", 2.0)])
+
+
+def test_cli_search_with_a_guard(tmp_path, toy):
+    ann, snn, x, *_ = toy
+    import onnx
+
+    onnx.save(ann, tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(64, seed=1))
+    np.savez(tmp_path / "guard.npz", x=x)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr", "--taus", "1,2,4",
+                                    "--samples", "32", "--r-sweep", "1", "--guard-data", str(tmp_path / "guard.npz"),
+                                    "--guard-samples", "64", "--guard-z", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "SSC guard" in res.output
+    doc = json.loads((out / "search.json").read_text())
+    g = doc["guard"]
+    assert g["samples"] == 64 and g["z"] == 0 and g["rounds"]
+    last = g["rounds"][-1]
+    assert not last["flagged"] and last["choice"] == doc["choices"]["ssc"]["choice"]
+    for rd in g["rounds"]:
+        for e in rd["losses"]:
+            if {"layer": e["layer"], "tau": e["tau"]} in rd["flagged"]:
+                assert e["loss"] > 0
+    # z = 0 flags any loss: the final choice loses no decision on the guard data
+    assert all(e["loss"] <= 0 for e in last["losses"])
+    bad = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--out", str(out), "--guard-data", str(tmp_path / "missing.npz")])
+    assert bad.exit_code != 0 and "missing.npz" in bad.output
+    np.savez(tmp_path / "wrong.npz", foo=np.zeros(3))
+    bad = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--out", str(out), "--no-bsr", "--taus", "1,2", "--samples", "8", "--r-sweep", "",
+                                    "--guard-data", str(tmp_path / "wrong.npz"), "-q"])
+    assert bad.exit_code == 1 and "wrong.npz: no input array" in bad.output and "Traceback" not in bad.output
+
+
+def test_cli_convert_with_a_guard(tmp_path, toy):
+    """convert --ssc --guard-data: the file's search metadata names the guard."""
+    import onnx
+
+    ann, snn, x, *_ = toy
+    onnx.save(ann, tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(64, seed=1))
+    np.save(tmp_path / "guard.npy", x)
+    out = tmp_path / "ann.snn.onnx"
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--T", str(T), "--psi", str(PSI), "--ssc", "--tau-grid", "1,2,4",
+                                    "--search-samples", "32", "--guard-data", str(tmp_path / "guard.npy"),
+                                    "--guard-z", "1", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "SSC guard" in res.output and "on 96 samples, z = 1" in res.output
+    meta = {p.key: p.value for p in onnx.load(out).metadata_props}
+    g = json.loads(meta["onnx2burst.search"])["ssc"]["guard"]
+    assert g["samples"] == 96 and g["z"] == 1.0
