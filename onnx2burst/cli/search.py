@@ -62,6 +62,9 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
     Example:
       onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
           --T 8 --psi 4 --out report/ -o resnet20.tuned.snn.onnx
+      python -m models.make_data --guard 4096     # held-out inputs for the SSC guard
+      onnx2burst search models/zoo/vgg_fmnist.onnx --calib models/data/fmnist_calib.npz \\
+          --T 4 --no-bsr --guard-data models/cache/fmnist_guard.npz --out report_vgg/
     """
     if not (bsr or ssc):
         raise click.UsageError("nothing to do: both --no-bsr and --no-ssc")

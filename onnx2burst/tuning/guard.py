@@ -199,6 +199,7 @@ def guarded_ssc(table, losses: Callable[[Sequence[tuple[str, float]]], Mapping[t
     forbid = np.zeros(table.S.shape, bool)
     cands = np.asarray(table.candidates, dtype=np.float64)
     rounds = []
+    rows = {name: i for i, name in enumerate(table.layers)}
     limit = max_rounds if max_rounds is not None else table.S.size + 1
     while True:
         choice = choose(masked(table, forbid))
@@ -209,7 +210,6 @@ def guarded_ssc(table, losses: Callable[[Sequence[tuple[str, float]]], Mapping[t
         rounds.append(GuardRound(dict(choice.choice), L, flagged))
         if not flagged or len(rounds) >= limit:
             break
-        rows = {name: i for i, name in enumerate(table.layers)}
         for name, tau in flagged:
             i = rows[name]
             eps = 1e-9 * max(1.0, abs(tau))
