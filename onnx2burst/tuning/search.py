@@ -36,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import ops
 from ..errors import ConfigError
 from .energy import energy_model, layer_name
+from .guard import DEFAULT_GUARD_SAMPLES, DEFAULT_GUARD_Z
 from .pareto import InfeasibleBudgetError, pareto_select
 from .sensitivity import symmetric_kl
 from ..report.data import data_input
@@ -755,8 +756,8 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          taus: Sequence[float] = DEFAULT_TAUS, r: float = 1.0, energy: str = "spikes",
          samples: int | None = 256, batch_size: int | None = 32, threads: int | None = None,
          kernel: bool | None = None, progress=None, show_progress: bool = False,
-         ssc_z: float = 0.0, ssc_folds: int = 0, guard=None, guard_samples: int | None = 4096,
-         guard_z: float = 2.0) -> TuneResult:
+         ssc_z: float = 0.0, ssc_folds: int = 0, guard=None,
+         guard_samples: int | None = DEFAULT_GUARD_SAMPLES, guard_z: float = DEFAULT_GUARD_Z) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
 
     ssc_z: SSC counts each candidate at S + ssc_z * SE; ssc_folds >= 2: SSC's budget is lowered
