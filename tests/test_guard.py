@@ -200,3 +200,23 @@ def test_cli_convert_with_a_guard(tmp_path, toy):
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
     g = json.loads(meta["onnx2burst.search"])["ssc"]["guard"]
     assert g["samples"] == 96 and g["z"] == 1.0
+
+
+def test_fmnist_guard_images_are_not_calibration_images():
+    """models.data.load_fmnist_guard: deterministic, normalised like the calibration batch, and
+    none of its images is one of the calibration images (the guard must not see the search samples)."""
+    from models import data as D
+
+    try:
+        D.fmnist_dir()
+    except Exception:  # noqa: BLE001 - the Debian dataset is not installed here
+        pytest.skip("dataset-fashion-mnist not installed")
+    g = D.load_fmnist_guard(300)
+    assert g.shape == (300, 1, 28, 28) and g.dtype == np.float32
+    np.testing.assert_array_equal(g, D.load_fmnist_guard(300))
+    calib, _ = D.load_fmnist_calib_npz()
+    assert g.min() == pytest.approx(calib.min()) and g.max() == pytest.approx(calib.max(), rel=0.05)
+    seen = {row.tobytes() for row in calib}
+    assert not any(row.tobytes() in seen for row in g)
+    with pytest.raises(ValueError, match="not calibration images"):
+        D.load_fmnist_guard(10**6)
