@@ -202,20 +202,28 @@ def test_cli_convert_with_a_guard(tmp_path, toy):
     assert g["samples"] == 96 and g["z"] == 1.0
 
 
-def test_fmnist_guard_images_are_not_calibration_images():
-    """models.data.load_fmnist_guard: deterministic, normalised like the calibration batch, and
-    none of its images is one of the calibration images (the guard must not see the search samples)."""
+def test_fmnist_guard_images_are_not_calibration_images(tmp_path):
+    """models.data.load_fmnist_guard: deterministic, normalised, and none of its images is one of
+    the calibration images (the guard must not see the search samples). A synthetic idx
+    "dataset" of 1200 images, each image's pixels encoding its index, stands in for the Debian one."""
     from models import data as D
 
-    base = D.fmnist_dir() / "train-images-idx3-ubyte"
-    if not (base.exists() or base.with_name(base.name + ".gz").exists()):
-        pytest.skip("dataset-fashion-mnist not installed")
-    g = D.load_fmnist_guard(300)
-    assert g.shape == (300, 1, 28, 28) and g.dtype == np.float32
-    np.testing.assert_array_equal(g, D.load_fmnist_guard(300))
-    calib, _ = D.load_fmnist_calib_npz()
-    assert g.min() == pytest.approx(calib.min()) and g.max() == pytest.approx(calib.max(), rel=0.05)
-    seen = {row.tobytes() for row in calib}
-    assert not any(row.tobytes() in seen for row in g)
+    n = 1200
+    idx = np.arange(n)
+    images = np.stack([np.full((28, 28), 0, np.uint8)] * n)
+    images[:, 0, 0], images[:, 0, 1] = idx // 256, idx % 256
+    for name, arr in (("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", (idx % 10).astype(np.uint8))):
+        head = (0x0800 | arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        (tmp_path / name).write_bytes(head + arr.tobytes())
+    with np.load(D.CALIB_NPZ) as z:
+        taken = set(z["index"].tolist())
+    free = n - len(taken & set(idx.tolist()))
+    g = D.load_fmnist_guard(free - 5, root=tmp_path)
+    assert g.shape == (free - 5, 1, 28, 28) and g.dtype == np.float32
+    np.testing.assert_array_equal(g, D.load_fmnist_guard(free - 5, root=tmp_path))
+    raw = np.rint((g[:, 0] * np.float32(D.FMNIST_STD) + np.float32(D.FMNIST_MEAN)) * 255).astype(int)
+    got = raw[:, 0, 0] * 256 + raw[:, 0, 1]
+    assert len(set(got.tolist())) == len(got) and not set(got.tolist()) & taken
+    assert np.all(np.diff(got) > 0)  # in file order
     with pytest.raises(ValueError, match="not calibration images"):
-        D.load_fmnist_guard(10**6)
+        D.load_fmnist_guard(free + 1, root=tmp_path)
