@@ -9,9 +9,10 @@ the test set and total spikes per sample relative to BS, and whether the issue's
 
 ``--draws N`` repeats every search on N draws of its samples: draw d searches on the first
 ``--search-samples`` of a seeded permutation of the calibration samples (draw 0: the file's
-order; thresholds and biases are fitted on all of them either way), and a summary table gives
-each cell's median and how many draws meet the bound -- on models this small one draw can meet
-a bound or miss it by chance. Writes benchmarks/results/search.md (or ``--out``).
+order; thresholds and biases are fitted on all of them either way; ``--guard``'s images are the
+same for every draw), and a summary table gives each cell's median and how many draws meet the
+bound -- on models this small one draw can meet a bound or miss it by chance. Writes
+benchmarks/results/search.md (or ``--out``).
 
     python benchmarks/search_acceptance.py [--models resnet20_fmnist,vgg_fmnist] [--Ts 8,4]
         [--limit 10000] [--search-samples 256] [--taus GRID] [--guard 4096] [--draws 5]
