@@ -76,8 +76,9 @@ def summary(results: list[tuple]) -> list[str]:
     out = ["| model | T | config | draws | top-1 vs BS: median (range) | spikes vs BS: median (range) | bound met |",
            "|---|---:|---|---:|---|---|---|"]
     for (name, T, label), v in cells.items():
-        d, r, ok = (np.array([x[i] for x in v]) for i in range(3))
-        met = "" if ok[0] is None else f"{int(sum(bool(o) for o in ok))} of {len(v)}"
+        d, r = np.array([x[0] for x in v]), np.array([x[1] for x in v])
+        oks = [x[2] for x in v]  # all None for a cell without a bound
+        met = "" if oks[0] is None else f"{sum(oks)} of {len(v)}"
         out.append(f"| {name} | {T} | {label} | {len(v)} | {np.median(d):+.2f} ({d.min():+.2f} to {d.max():+.2f}) | "
                    f"{np.median(r):.3f} ({r.min():.3f} to {r.max():.3f}) | {met} |")
     return out
