@@ -15,7 +15,8 @@ bound -- on models this small one draw can meet a bound or miss it by chance. Wr
 benchmarks/results/search.md (or ``--out``).
 
     python benchmarks/search_acceptance.py [--models resnet20_fmnist,vgg_fmnist] [--Ts 8,4]
-        [--limit 10000] [--search-samples 256] [--taus GRID] [--guard 4096] [--draws 5]
+        [--limit 10000] [--search-samples 256] [--taus GRID] [--guard 4096 [--guard-mode model|layer]
+        [--guard-tol 0.5]] [--draws 5]
 """
 from __future__ import annotations
 
@@ -97,7 +98,12 @@ def main(argv=None):
     ap.add_argument("--guard", type=int, default=0,
                     help="SSC decision guard on this many training images that are not calibration images "
                          "(models.data.load_fmnist_guard; 0: no guard, the paper's rule)")
-    ap.add_argument("--guard-z", type=float, default=2.0, help="the guard flags a loss beyond this many SE")
+    ap.add_argument("--guard-mode", choices=["model", "layer"], default="model",
+                    help="model: rebuild SSC's choice and back off its budget while it loses more than --guard-tol; "
+                         "layer: forbid a changed layer's tau that alone loses more than --guard-z SE")
+    ap.add_argument("--guard-tol", type=float, default=0.5, help="mode model: points of agreement SSC may lose")
+    ap.add_argument("--guard-checks", type=int, default=8, help="mode model: rebuilds at most")
+    ap.add_argument("--guard-z", type=float, default=2.0, help="mode layer: flag a loss beyond this many SE")
     ap.add_argument("--draws", type=int, default=1,
                     help="repeat each search on this many draws of its samples (see above)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
@@ -120,7 +126,8 @@ def main(argv=None):
 
         guard = load_fmnist_guard(args.guard)
     extra = dict(taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds, guard=guard,
-                 guard_samples=args.guard or None, guard_z=args.guard_z)
+                 guard_samples=args.guard or None, guard_z=args.guard_z, guard_mode=args.guard_mode,
+                 guard_tol=args.guard_tol / 100, guard_checks=args.guard_checks)
 
     def write():  # after every row, so that a long run that stops keeps what it measured
         text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
@@ -128,8 +135,10 @@ def main(argv=None):
                 f"BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau {args.taus}"
                 + (f", candidates at S + {args.z:g} SE" if args.z else "")
                 + (f", budget held out over {args.folds} folds" if args.folds else "")
-                + (f", decision guard on {args.guard} training images that are not calibration images "
-                   f"(z = {args.guard_z:g})" if args.guard else "") + ". ± SE: the standard "
+                + (f", decision guard on {args.guard} training images that are not calibration images ("
+                   + (f"whole model, tol {args.guard_tol:g} point(s), at most {args.guard_checks} checks"
+                      if args.guard_mode == "model" else f"per layer, z = {args.guard_z:g}") + ")"
+                   if args.guard else "") + ". ± SE: the standard "
                 "error of the top-1 difference to BS (paired, per test sample); sym. KL: §6's measure "
                 "against the ANN on the test samples; bound: the issue's (see the script's docstring)"
                 + (f"; draw d: the search samples drawn from the calibration set with seed d (0: its order)"
@@ -152,6 +161,7 @@ def main(argv=None):
             want = args.configs.split(",")
             for draw in range(args.draws):
                 rows = {"BS": (bs, 0.0)} if draw == 0 else {}
+                guards = {}   # config -> what SSC's guard did (printed, not tabled)
                 sample = permuted(data, draw)
                 if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                     t0 = time.perf_counter()
@@ -161,10 +171,14 @@ def main(argv=None):
                     if "+BSR" in want:
                         rows["+BSR"] = (res.after_bsr, t_bsr)
                     both = (res.model, secs)
+                    if res.guard is not None:
+                        guards["+BSR+SSC"] = res.guard.summary()
                 if "+SSC" in want:
                     t0 = time.perf_counter()
                     res = S.tune(conv, sample, bsr=False, ssc=True, snn=bs, samples=args.search_samples, **extra)
                     rows["+SSC"] = (res.model, time.perf_counter() - t0)
+                    if res.guard is not None:
+                        guards["+SSC"] = res.guard.summary()
                 if "+BSR+SSC" in want:
                     rows["+BSR+SSC"] = both
                 for label, (snn, secs) in rows.items():
@@ -181,6 +195,8 @@ def main(argv=None):
                             f"{se:.2f} | {r.agreement * 100:.2f} | {r.sym_kl:.4f} | {spikes:,.0f} | {ratio:.3f} | "
                             f"{'' if ok is None else ('ok' if ok else 'missed')} | {secs:.0f} |")
                     print(line, f"(ANN {r.ann.top1 * 100:.2f})", flush=True)
+                    if label in guards:
+                        print(f"    SSC guard: {guards[label]}", flush=True)
                     lines.append(line)
                     write()
     text = write()

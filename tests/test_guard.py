@@ -14,14 +14,14 @@ from onnx import numpy_helper
 from onnx2burst.cli import main
 from onnx2burst.errors import ConfigError
 from onnx2burst.tuning import search as S
-from onnx2burst.tuning.guard import AgreementProbe, guarded_ssc, masked
+from onnx2burst.tuning.guard import AgreementProbe, ModelProbe, backed_off_ssc, guarded_ssc, masked
 from snn_fixtures import ann_model, reference_run, sample_data, snn_model
 
 T, PSI = 4, 2
 
 
 def _table(rng, L, K, with_kl=False):
-    cands = tuple([1.0] + sorted(rng.choice(np.arange(2, 40) / 4, size=K - 1, replace=False).tolist()))
+    cands = tuple([1.0] + sorted(rng.choice(np.arange(5, 40) / 4, size=K - 1, replace=False).tolist()))  # distinct, > 1
     n = 8
     kl = rng.uniform(0, 1, size=(L, K, n))
     kl[:, 0, :] = kl[0, 0, :]                        # tau = 1 is the baseline for every layer
@@ -105,6 +105,98 @@ def test_guard_loop_against_brute_force(seed):
     assert len(g0.rounds) == 1 and dict(g0.choice.choice) == dict(S.choose_ssc(tb, r=1.3).choice)
 
 
+def _pareto_points(tb, budget):
+    """Brute force: every configuration's (E, S, choice) within the budget, and the Pareto set of
+    them (least E for its S), energy increasing."""
+    allc = []
+    for ks in itertools.product(range(tb.S.shape[1]), repeat=tb.S.shape[0]):
+        c = sum(tb.S[i, k] for i, k in enumerate(ks))
+        e = sum(tb.spikes[i, k] for i, k in enumerate(ks))
+        if c <= budget * (1 + 1e-9):
+            allc.append((e, c, ks))
+    allc.sort()
+    front, best_s = [], np.inf
+    for e, c, ks in allc:
+        if c < best_s - 1e-12:
+            front.append((e, c, ks))
+            best_s = c
+    return front
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_backoff_against_brute_force(seed):
+    """Mode "model": with a loss that grows with the compression, and checks enough to finish, the
+    kept choice is the least-energy point of the (brute-force) frontier whose loss is within tol,
+    or the starting SNN when none is; every check is a frontier point; the choice is in layer order."""
+    rng = np.random.default_rng(300 + seed)
+    tb = _table(rng, int(rng.integers(3, 6)), int(rng.integers(2, 5)))
+    E0 = float(tb.spikes[:, 0].sum())
+    slope = rng.uniform(0.02, 0.3)
+    calls = []
+
+    def loss_of(choice):
+        e = sum(tb.spikes[i, tb.column(choice[n])] for i, n in enumerate(tb.layers))
+        return slope * (E0 - e) / E0, 0.01
+
+    def loss(choice):
+        assert list(choice) == list(tb.layers)
+        calls.append(dict(choice))
+        return loss_of(choice)
+
+    def choose(t, budget=None):
+        return S.choose_ssc(t, r=1.3, budget=budget)
+
+    tol = float(rng.uniform(0, 0.6) * slope)
+    g = backed_off_ssc(tb, choose, loss, tol=tol, checks=64, samples=7)
+    front = _pareto_points(tb, 1.3 * tb.S[:, 0].sum())
+    ok = [(e, c) for e, c, ks in front if slope * (E0 - e) / E0 <= tol]
+    assert g.samples == 7 and len(calls) == len(g.steps) >= 1
+    assert g.points == len(front)
+    if ok:
+        assert g.point < g.points
+        assert g.choice.chosen[0] == pytest.approx(min(ok)[0])
+        assert loss_of(g.choice.choice)[0] <= tol
+    else:
+        assert g.point == g.points and all(v == 1.0 for v in g.choice.choice.values())
+        assert g.choice.chosen[0] == pytest.approx(E0)
+    energies = [e for e, _, _ in front]
+    for st in g.steps:
+        assert st.energy == pytest.approx(energies[st.point])
+        assert st.passed == (st.loss <= tol)
+    # the first check is SSC's own choice; when it passes, nothing else is checked
+    assert g.steps[0].point == 0
+    g1 = backed_off_ssc(tb, choose, loss, tol=1.0, checks=64)
+    assert len(g1.steps) == 1 and not g1.backed_off and dict(g1.choice.choice) == dict(choose(tb).choice)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_backoff_with_few_checks_keeps_a_checked_point(seed):
+    """Out of checks, the guard keeps the least compressed point it has seen pass, or the starting
+    SNN: never an unchecked point."""
+    rng = np.random.default_rng(400 + seed)
+    tb = _table(rng, 5, 4)
+    E0 = float(tb.spikes[:, 0].sum())
+
+    def loss(choice):
+        e = sum(tb.spikes[i, tb.column(choice[n])] for i, n in enumerate(tb.layers))
+        return 0.5 * (E0 - e) / E0, 0.01
+
+    for checks in (1, 2, 3):
+        g = backed_off_ssc(tb, lambda t, budget=None: S.choose_ssc(t, r=1.5, budget=budget), loss,
+                           tol=0.02, checks=checks)
+        assert len(g.steps) <= checks
+        kept = [st for st in g.steps if st.point == g.point]
+        assert (kept and kept[0].passed) or g.point == g.points
+
+
+def test_backoff_rejects_bad_settings():
+    tb = _table(np.random.default_rng(0), 2, 3)
+    with pytest.raises(ConfigError, match="tolerance"):
+        backed_off_ssc(tb, lambda t, budget=None: S.choose_ssc(t), lambda c: (0.0, 0.0), tol=-0.1)
+    with pytest.raises(ConfigError, match="checks"):
+        backed_off_ssc(tb, lambda t, budget=None: S.choose_ssc(t), lambda c: (0.0, 0.0), checks=0)
+
+
 def test_guard_rejects_negative_z():
     tb = _table(np.random.default_rng(0), 2, 3)
     with pytest.raises(ConfigError, match="guard z"):
@@ -138,6 +230,83 @@ def test_probe_matches_the_changed_snn(toy, layer, tau):
     assert probe.losses([(layer, tau)])[layer, tau] == (L, se) and probe.seconds == t
 
 
+def test_model_probe_matches_a_direct_run(toy):
+    """ModelProbe.loss: the starting SNN loses nothing; another SNN's L and SE are its paired
+    loss of agreement with the ANN's class, computed here from the reference run."""
+    ann, snn, x, vth, cls = toy
+    probe = ModelProbe(ann, snn, x, samples=90, batch_size=32, threads=1)
+    assert probe.samples == 90
+    assert probe.loss(snn) == (0.0, 0.0)
+    other = snn_model(T=T, psi=PSI, vth=vth, tau={"relu1": 3.0, "relu2": 2.5})
+    base, _ = reference_run(snn, x[:90])
+    changed, _ = reference_run(other, x[:90])
+    d = (base.argmax(-1) == cls[:90]).astype(float) - (changed.argmax(-1) == cls[:90])
+    assert d.any(), "the changed SNN should change some decision"
+    L, se = probe.loss(other)
+    assert L == pytest.approx(d.mean(), abs=1e-12)
+    assert se == pytest.approx(d.std(ddof=1) / np.sqrt(90), abs=1e-12)
+    with pytest.raises(ConfigError, match="at least 2 samples"):
+        ModelProbe(ann, snn, x[:1])
+
+
+def test_cli_search_with_the_model_guard(tmp_path, toy):
+    """search --guard-data (mode "model", tol 0): the tuned SNN written with -o loses no agreement
+    with the ANN on the guard data, checked here with an independent run; the report shows the
+    checks."""
+    import onnx
+
+    ann, snn, x, *_ = toy
+    onnx.save(ann, tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(64, seed=1))
+    np.savez(tmp_path / "guard.npz", x=x)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr",
+                                    "--taus", "1,1.5,2,3,4,6", "--samples", "32", "--r", "3", "--r-sweep", "",
+                                    "--guard-data", str(tmp_path / "guard.npz"), "--guard-tol", "0",
+                                    "-o", str(tmp_path / "tuned.onnx"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "SSC guard: loss of agreement with the ANN of the rebuilt SNN" in res.output
+    doc = json.loads((out / "search.json").read_text())
+    g = doc["guard"]
+    assert g["mode"] == "model" and g["samples"] == 96 and g["tol"] == 0 and g["steps"]
+    kept = [st for st in g["steps"] if st["point"] == g["point"]]
+    assert (kept and kept[0]["loss"] <= 0) or g["point"] == g["points"]
+    tuned = onnx.load(tmp_path / "tuned.onnx")
+    from onnx2burst.tuning.guard import ModelProbe as MP
+
+    meta = {p.key: p.value for p in tuned.metadata_props}
+    assert json.loads(meta["onnx2burst.search"])["ssc"]["guard"]["mode"] == "model"
+    # independent check: the tuned SNN against the SNN SSC started from (BS), on the guard data
+    from onnx2burst.config import ConvertConfig
+    from onnx2burst.convert import Converter
+
+    conv = Converter(tmp_path / "ann.onnx", ConvertConfig(T=T, psi=PSI))
+    bs = conv.run(conv.load_data(tmp_path / "calib.npz")).model
+    L, _ = MP(ann, bs, x, samples=None, threads=1).loss(tuned)
+    assert L <= 0
+    # r = 3 with tol 0: SSC's own choice lost decisions here, so the guard had to back off
+    assert g["steps"][0]["loss"] > 0 and g["point"] > 0
+
+
+def test_tune_rejects_bad_guard_settings_before_measuring(tmp_path, toy):
+    """A bad guard mode, tolerance or check count is an error before any table is measured."""
+    import onnx
+
+    from onnx2burst.config import ConvertConfig
+    from onnx2burst.convert import Converter
+
+    ann, snn, x, *_ = toy
+    onnx.save(ann, tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(16, seed=1))
+    conv = Converter(tmp_path / "ann.onnx", ConvertConfig(T=T, psi=PSI))
+    data = conv.load_data(tmp_path / "calib.npz")
+    for kw, msg in (({"guard_mode": "nope"}, "guard mode"), ({"guard_tol": -0.1}, "tolerance"),
+                    ({"guard_checks": 0}, "at least 1 check")):
+        with pytest.raises(ConfigError, match=msg):
+            S.tune(conv, data, bsr=False, snn=snn, guard=x, taus=(1.0, 2.0), **kw)
+
+
 def test_probe_errors(toy):
     ann, snn, x, *_ = toy
     with pytest.raises(ConfigError, match="at least 2 samples"):
@@ -158,7 +327,7 @@ def test_cli_search_with_a_guard(tmp_path, toy):
     res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
                                     "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr", "--taus", "1,2,4",
                                     "--samples", "32", "--r-sweep", "1", "--guard-data", str(tmp_path / "guard.npz"),
-                                    "--guard-samples", "64", "--guard-z", "0", "-q"])
+                                    "--guard-samples", "64", "--guard-mode", "layer", "--guard-z", "0", "-q"])
     assert res.exit_code == 0, res.output
     assert "SSC guard" in res.output
     doc = json.loads((out / "search.json").read_text())
@@ -194,7 +363,7 @@ def test_cli_convert_with_a_guard(tmp_path, toy):
     res = CliRunner().invoke(main, ["convert", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
                                     "--T", str(T), "--psi", str(PSI), "--ssc", "--tau-grid", "1,2,4",
                                     "--search-samples", "32", "--guard-data", str(tmp_path / "guard.npy"),
-                                    "--guard-z", "1", "-o", str(out), "-q"])
+                                    "--guard-mode", "layer", "--guard-z", "1", "-o", str(out), "-q"])
     assert res.exit_code == 0, res.output
     assert "SSC guard" in res.output and "on 96 samples, z = 1" in res.output
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}

@@ -38,7 +38,8 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--portable", is_flag=True, help="Inline BurstIF into standard ops (no custom domain in the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, bsr, psi_max,
-            energy_ratio, ssc, r, ssc_z, ssc_folds, guard_data, guard_samples, guard_z, tau_grid, energy, search_samples,
+            energy_ratio, ssc, r, ssc_z, ssc_folds, guard_data, guard_samples, guard_mode, guard_tol,
+            guard_checks, guard_z, tau_grid, energy, search_samples,
             portable, quiet, **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
@@ -81,6 +82,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             tuned = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=result.model, psi_max=psi_max, ratio=energy_ratio,
                            taus=S.parse_grid(tau_grid), r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy,
                            guard=guard_data, guard_samples=guard_samples, guard_z=guard_z,
+                           guard_mode=guard_mode, guard_tol=guard_tol / 100, guard_checks=guard_checks,
                            samples=search_samples, progress=progress, show_progress=not quiet)
             final = tuned.model
         else:
@@ -98,10 +100,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
             if tuned.guard is not None:
-                g = tuned.guard
-                forb = ", ".join(f"{n} from {v:g}" for n, v in g.forbidden.items()) or "none"
-                click.echo(f"  SSC guard   : {len(g.rounds)} round(s) on {g.samples} samples, z = {g.z:g}; "
-                           f"forbidden: {forb}")
+                click.echo(f"  SSC guard   : {tuned.guard.summary()}")
             for k, ck in tuned.checks.items():
                 click.echo(f"  {k.upper()} check   : S {ck.before:.4g} -> {ck.measured:.4g} on the search samples "
                            f"(the per-layer tables predicted {ck.predicted:.4g})")

@@ -66,13 +66,20 @@ ssc_rule_options = _compose(
     click.option("--guard-data", "guard_data", type=click.Path(exists=True, dir_okay=False), default=None,
                  metavar="DATA",
                  help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
-                      "calibration samples) on which each layer SSC changes must not lower the agreement with "
-                      "the ANN by more than --guard-z standard errors; a layer that does gets that tau and larger "
-                      "ones forbidden, and SSC chooses again."),
+                      "calibration samples) on which SSC's choice must keep the SNN's agreement with the ANN. "
+                      "--guard-mode model: the chosen SNN is rebuilt and run whole, and if it loses more than "
+                      "--guard-tol points, SSC backs off along its frontier; layer: each changed layer alone must "
+                      "not lose more than --guard-z standard errors, else that tau is forbidden."),
     click.option("--guard-samples", "guard_samples", type=click.IntRange(2), default=4096, show_default=True,
                  help="Use the first N inputs of --guard-data."),
+    click.option("--guard-mode", "guard_mode", type=click.Choice(["model", "layer"]), default="model",
+                 show_default=True, help="Check the whole rebuilt SNN (model) or each changed layer (layer)."),
+    click.option("--guard-tol", "guard_tol", type=click.FloatRange(min=0), default=0.5, show_default=True,
+                 help="--guard-mode model: points of agreement with the ANN the choice may lose."),
+    click.option("--guard-checks", "guard_checks", type=click.IntRange(1), default=8, show_default=True,
+                 help="--guard-mode model: rebuilds at most while backing off."),
     click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
-                 help="--guard-data flags a layer whose loss of agreement exceeds this many standard errors."),
+                 help="--guard-mode layer: flag a layer whose loss of agreement exceeds this many standard errors."),
 )
 
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,

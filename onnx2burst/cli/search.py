@@ -42,7 +42,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, ssc_folds, guard_data, guard_samples,
-            guard_z, taus, r, energy, samples,
+            guard_mode, guard_tol, guard_checks, guard_z, taus, r, energy, samples,
             output, r_sweep, eval_data, as_json, quiet, **kw):
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
 
@@ -62,9 +62,10 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
     Example:
       onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
           --T 8 --psi 4 --out report/ -o resnet20.tuned.snn.onnx
-      python -m models.make_data --guard 4096     # held-out inputs for the SSC guard
-      onnx2burst search models/zoo/vgg_fmnist.onnx --calib models/data/fmnist_calib.npz \\
-          --T 4 --no-bsr --guard-data models/cache/fmnist_guard.npz --out report_vgg/
+      python -m models.make_data --guard 16384    # held-out inputs for the SSC guard
+      onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
+          --T 4 --no-bsr --guard-data models/cache/fmnist_guard.npz --guard-samples 16384 \\
+          --guard-tol 0.5 --out report_t4/
     """
     if not (bsr or ssc):
         raise click.UsageError("nothing to do: both --no-bsr and --no-ssc")
@@ -91,6 +92,7 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
         res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
                      ratio=ratio, taus=grid, r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy, samples=samples,
                      guard=guard_data, guard_samples=guard_samples, guard_z=guard_z,
+                     guard_mode=guard_mode, guard_tol=guard_tol / 100, guard_checks=guard_checks,
                      progress=progress, show_progress=not (quiet or as_json))
         sweep = None
         if ssc and rs:

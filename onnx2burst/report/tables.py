@@ -93,10 +93,22 @@ def search_tables(steps, timings=None, checks=None, guard=None):
 
 
 def guard_table(guard):
-    """The SSC guard's rounds: each changed layer's loss of agreement with the ANN, L +- SE
-    (points of the guard samples), flagged when L > z * SE."""
+    """The SSC guard's work. Mode "model": each checked frontier point (0 = SSC's choice) with
+    its spikes/energy, S, and the rebuilt SNN's loss of agreement with the ANN, L +- SE (points
+    of the guard samples), kept when L <= tol. Mode "layer": each round's changed layers, L +- SE,
+    flagged when L > z * SE."""
     from rich.table import Table
 
+    if guard.mode == "model":
+        t = Table(title=f"SSC guard: loss of agreement with the ANN of the rebuilt SNN ({guard.samples} samples, "
+                        f"kept when L <= {100 * guard.tol:g} points)")
+        for col in ("check", "frontier point", "sum E", "sum S", "L (points)", "SE", "kept"):
+            t.add_column(col, justify="right")
+        for k, st in enumerate(guard.steps, 1):
+            t.add_row(str(k), str(st.point), f"{st.energy:.5g}", f"{st.sensitivity:.4g}", f"{100 * st.loss:+.2f}",
+                      f"{100 * st.se:.2f}", "yes" if st.passed else "[bold red]no[/]")
+        t.caption = f"{guard.summary()}; {guard.seconds:.0f} s"
+        return t
     t = Table(title=f"SSC guard: loss of agreement with the ANN per changed layer ({guard.samples} samples, "
                     f"flagged when L > {guard.z:g} SE)")
     for col in ("round", "layer", "tau", "L (points)", "SE", "flagged"):

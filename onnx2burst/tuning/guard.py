@@ -22,6 +22,29 @@ search measures the KL on, and needs no labels:
 
 Use a few thousand unlabeled inputs that are not the search samples (the SE of a loss is
 about ``sqrt(p / N)``: at 4096 samples and 1 % of them changed, 0.16 point).
+
+That per-layer loop (``mode="layer"``) did not fix the ResNet: every tau it forbids frees budget,
+and SSC spends it on other layers, each below z SE alone (benchmarks/results/search.md). The
+default, ``mode="model"``, checks what is deployed instead, and backs off the budget itself:
+
+1. SSC chooses (any rule). Its Pareto frontier (§8) lists the other choices it could have made,
+   each with less sensitivity and more energy than the next.
+2. The chosen SNN is rebuilt (thresholds and biases refit, as after any choice) and run whole on
+   the guard samples: its loss of agreement with the ANN's class, L, against the SNN SSC started
+   from (paired, with its SE).
+3. If ``L <= tol``, that is the choice. Otherwise the guard bisects the frontier, from the
+   choice towards the SNN SSC started from (which loses nothing by definition), for the most
+   compressed point with ``L <= tol``: at most ``checks`` rebuilds, and what it returns has
+   been checked (or is the starting SNN). The bisection assumes that L grows with the
+   compression along the frontier; between two checked points it is not measured.
+
+Unlike the per-layer loop, a loss here is a measured loss of the SNN as it will be deployed,
+and the remedy lowers the whole budget instead of moving it. ``tol`` is in the units of an
+accuracy budget a user can reason about: how much agreement with the ANN the compression may
+cost on inputs like the guard samples. Measured (benchmarks/results/search.md, 16384 guard
+images, tol 0.5 point): the Fashion-MNIST ResNet-20's +SSC at T = 4 goes from -0.90 point of
+top-1 (median of five draws of the search samples) to -0.40 at 0.71x the spikes of BS; the
+VGG's choices lose under 0.2 point of agreement there and are kept as they are.
 """
 from __future__ import annotations
 
@@ -37,11 +60,16 @@ from .. import ops
 from ..errors import ConfigError
 from ..report.data import data_input
 
-__all__ = ["DEFAULT_GUARD_SAMPLES", "DEFAULT_GUARD_Z", "AgreementProbe", "GuardRound", "GuardResult", "guarded_ssc",
-           "masked"]
+__all__ = ["DEFAULT_GUARD_SAMPLES", "DEFAULT_GUARD_Z", "DEFAULT_GUARD_MODE", "DEFAULT_GUARD_TOL",
+           "DEFAULT_GUARD_CHECKS", "GUARD_MODES", "AgreementProbe", "GuardRound", "GuardResult", "guarded_ssc",
+           "masked", "ModelProbe", "BackoffStep", "BackoffResult", "backed_off_ssc"]
 
 DEFAULT_GUARD_SAMPLES = 4096
 DEFAULT_GUARD_Z = 2.0
+GUARD_MODES = ("model", "layer")
+DEFAULT_GUARD_MODE = "model"
+DEFAULT_GUARD_TOL = 0.005      # mode "model": agreement the choice may lose, as a fraction (0.5 point)
+DEFAULT_GUARD_CHECKS = 8       # mode "model": rebuilds at most
 
 
 class AgreementProbe:
@@ -158,9 +186,19 @@ class GuardResult:
     seconds: float
     forbidden: Mapping[str, float] = field(default_factory=dict)   # layer -> forbidden tau nearest its default
 
+    mode = "layer"
+
     def to_dict(self) -> dict:
-        return {"z": self.z, "samples": self.samples, "seconds": self.seconds,
+        return {"mode": self.mode, "z": self.z, "samples": self.samples, "seconds": self.seconds,
                 "forbidden": dict(self.forbidden), "rounds": [r.to_dict() for r in self.rounds]}
+
+    def meta(self) -> dict:
+        """What the output file's search metadata records of the guard."""
+        return {"mode": self.mode, "samples": self.samples, "z": self.z, "forbidden": dict(self.forbidden)}
+
+    def summary(self) -> str:
+        forb = ", ".join(f"{n} from {v:g}" for n, v in self.forbidden.items()) or "none"
+        return f"per layer, {len(self.rounds)} round(s) on {self.samples} samples, z = {self.z:g}; forbidden: {forb}"
 
 
 def masked(table, forbid: np.ndarray):
@@ -221,3 +259,162 @@ def guarded_ssc(table, losses: Callable[[Sequence[tuple[str, float]]], Mapping[t
             f = cands[forbid[i]]
             least[name] = float(f[np.argmin(np.abs(f - float(table.defaults[i])))])
     return GuardResult(choice, tuple(rounds), z, samples, time.perf_counter() - t0, least)
+
+
+# ----------------------------------------------------------------------- mode "model"
+class ModelProbe:
+    """The loss of agreement with the ANN of a whole SNN on guard data (step 2 of mode "model").
+
+    ann, snn: ModelProto or path (``snn``: the SNN SSC starts from, the reference). data:
+    anything ``report.data.load_dataset`` reads; the first ``samples`` are used, labels ignored.
+    """
+
+    def __init__(self, ann, snn, data, *, samples: int | None = DEFAULT_GUARD_SAMPLES, batch_size: int = 256,
+                 threads: int | None = None, kernel: bool | None = None):
+        from ..report.data import load_dataset
+        from ..report.evaluate import load_onnx
+
+        ann, snn = load_onnx(ann), load_onnx(snn)
+        self.ds = load_dataset(data, data_input(ann)).limit(samples)
+        if len(self.ds) < 2:
+            raise ConfigError(f"the SSC guard needs at least 2 samples, {getattr(self.ds, 'source', 'its data')} "
+                              f"has {len(self.ds)}")
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.batch_size, self.threads = batch_size, threads
+        self.kernel = ops.kernel_available() if kernel is None else kernel
+        self.seconds = 0.0
+        self.ann_class = self._classes(ann, False)
+        self.base = self.agrees(snn)
+
+    @property
+    def samples(self) -> int:
+        return len(self.ds)
+
+    def _classes(self, model, kernel: bool) -> np.ndarray:
+        t0 = time.perf_counter()
+        sess = ops.make_session(model, kernel=kernel, threads=self.threads)
+        a_in, a_out = data_input(model), model.graph.output[0].name
+        out = np.concatenate([sess.run([a_out], {a_in: x})[0].argmax(-1) for x, _ in self.ds.batches(self.batch_size)])
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def agrees(self, snn) -> np.ndarray:
+        """Per guard sample: does ``snn`` predict the ANN's class."""
+        from ..report.evaluate import load_onnx
+
+        return self._classes(load_onnx(snn), self.kernel) == self.ann_class
+
+    def loss(self, snn) -> tuple[float, float]:
+        """(L, SE): the share of guard samples ``snn`` agrees with the ANN on, less than the
+        starting SNN does (a fraction), and its standard error over the paired samples."""
+        d = self.base.astype(np.float64) - self.agrees(snn)
+        return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+@dataclass(frozen=True)
+class BackoffStep:
+    """One checked point of the frontier: ``point`` 0 is SSC's choice, larger ones less compressed."""
+
+    point: int
+    energy: float
+    sensitivity: float
+    loss: float
+    se: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class BackoffResult:
+    """Mode "model": the choice the guard kept and the checks that led to it."""
+
+    choice: object                       # the final SearchChoice
+    steps: tuple[BackoffStep, ...]
+    tol: float
+    samples: int
+    seconds: float
+    points: int                          # frontier points SSC's choice could back off to
+    point: int                           # the one kept (``points``: the SNN SSC started from)
+    mode = "model"
+
+    @property
+    def backed_off(self) -> bool:
+        return self.point > 0
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "tol": self.tol, "samples": self.samples, "seconds": self.seconds,
+                "points": self.points, "point": self.point, "steps": [s.to_dict() for s in self.steps]}
+
+    def meta(self) -> dict:
+        return {"mode": self.mode, "samples": self.samples, "tol": self.tol, "point": self.point,
+                "points": self.points}
+
+    def summary(self) -> str:
+        first = self.steps[0]
+        where = ("kept SSC's choice" if not self.backed_off else
+                 "kept the SNN SSC started from" if self.point >= self.points else
+                 f"backed off to frontier point {self.point} of {self.points}")
+        return (f"whole model on {self.samples} samples, tol {100 * self.tol:g} point(s): SSC's choice loses "
+                f"{100 * first.loss:+.2f} +- {100 * first.se:.2f}; {where} after {len(self.steps)} check(s)")
+
+
+def backed_off_ssc(table, choose: Callable, loss: Callable[[Mapping[str, float]], tuple[float, float]], *,
+                   tol: float = DEFAULT_GUARD_TOL, checks: int = DEFAULT_GUARD_CHECKS,
+                   samples: int = 0) -> BackoffResult:
+    """Mode "model" (steps 1-3 of the module docstring).
+
+    table: SSC's tau table. choose: ``(table, budget=None) -> SearchChoice`` (budget None: its
+    rule; a number: that sensitivity budget instead). loss: a choice (layer -> tau) -> (L, SE)
+    of the SNN it builds, e.g. ``ModelProbe.loss`` of the rebuilt SNN. tol: the largest L
+    kept (a fraction). checks: at most this many calls of ``loss``.
+    """
+    if not tol >= 0:
+        raise ConfigError(f"guard tolerance must be >= 0, got {tol}")
+    if checks < 1:
+        raise ConfigError(f"guard checks must be >= 1, got {checks}")
+    t0 = time.perf_counter()
+    first = choose(table)
+    # frontier: energy increasing, sensitivity decreasing; point 0 is the choice itself
+    pts = [p for p in first.frontier if p[0] >= first.chosen[0] - 1e-12 * max(1.0, abs(first.chosen[0]))]
+    if not pts:
+        pts = [first.chosen]
+    start = len(pts)                      # one past the frontier: the SNN SSC started from
+    choices: dict[int, object] = {0: first}
+    steps: list[BackoffStep] = []
+
+    def at(k: int):
+        if k not in choices:
+            choices[k] = choose(table, budget=pts[k][1])
+        return choices[k]
+
+    def check(k: int) -> bool:
+        c = at(k)
+        L, se = loss(c.choice)
+        ok = L <= tol
+        steps.append(BackoffStep(k, float(c.chosen[0]), float(c.chosen[1]), L, se, ok))
+        return ok
+
+    if check(0):
+        best = 0
+    else:
+        lo, hi = 0, start                 # lo fails; hi passes (the start loses nothing)
+        while hi - lo > 1 and len(steps) < checks:
+            mid = (lo + hi) // 2
+            if check(mid):
+                hi = mid
+            else:
+                lo = mid
+        best = hi
+    if best < start:
+        final = at(best)
+    else:
+        j = [table.column(d) for d in table.defaults]
+        E, Sm = table.energy(first.energy_mode), table.S
+        final = dataclasses.replace(
+            first, choice={name: float(table.defaults[i]) for i, name in enumerate(table.layers)},
+            chosen=(float(sum(E[i, k] for i, k in enumerate(j))), float(sum(Sm[i, k] for i, k in enumerate(j)))),
+            budget_rule=f"{first.budget_rule}; the guard kept the SNN SSC started from")
+    return BackoffResult(final, tuple(steps), tol, samples, time.perf_counter() - t0, start, best)

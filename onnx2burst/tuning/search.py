@@ -36,7 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from .. import ops
 from ..errors import ConfigError
 from .energy import energy_model, layer_name
-from .guard import DEFAULT_GUARD_SAMPLES, DEFAULT_GUARD_Z
+from .guard import (DEFAULT_GUARD_CHECKS, DEFAULT_GUARD_MODE, DEFAULT_GUARD_SAMPLES, DEFAULT_GUARD_TOL,
+                    DEFAULT_GUARD_Z, GUARD_MODES)
 from .pareto import InfeasibleBudgetError, pareto_select
 from .sensitivity import symmetric_kl
 from ..report.data import data_input
@@ -593,8 +594,12 @@ def held_out_r(table: Table, *, r: float = 1.0, energy: str = "spikes", folds: i
 
 
 def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
-               reference_tau: float = 1.0, z: float = 0.0, folds: int = 0) -> SearchChoice:
+               reference_tau: float = 1.0, z: float = 0.0, folds: int = 0,
+               budget: float | None = None) -> SearchChoice:
     """SSC (§8): tau per layer minimising sum E with sum S <= r * sum_i S_i(tau=1).
+
+    budget: this sensitivity budget instead of r's (the decision guard's back-off, a point of
+    the frontier; ``tuning.guard``).
 
     z > 0 counts each candidate at S + z * SE (``table.se``: the standard error of its
     per-sample difference to the baseline), so that a tau whose gain is within the noise of
@@ -620,10 +625,13 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
     S = table.sensitivity(z)
     rule = f"{r:g} * sum_i S_i(tau={reference_tau:g})"
     r_eff = r
-    if folds:
+    if folds and budget is None:
         r_eff = held_out_r(table, r=r, energy=energy, folds=folds, reference_tau=reference_tau)
         rule = f"{r_eff:.6g} * sum_i S_i(tau={reference_tau:g}) (r = {r:g}, held out over {folds} folds)"
-    budget = r_eff * float(S[:, j].sum())
+    if budget is None:
+        budget = r_eff * float(S[:, j].sum())
+    else:
+        rule = f"{budget:.6g}, a point of the frontier of {rule}"
     if z:
         rule += f", candidates at S + {z:g} SE"
     res = pareto_select(S, E, budget, [list(table.candidates)] * len(table.layers))
@@ -757,15 +765,20 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
          samples: int | None = 256, batch_size: int | None = 32, threads: int | None = None,
          kernel: bool | None = None, progress=None, show_progress: bool = False,
          ssc_z: float = 0.0, ssc_folds: int = 0, guard=None,
-         guard_samples: int | None = DEFAULT_GUARD_SAMPLES, guard_z: float = DEFAULT_GUARD_Z) -> TuneResult:
+         guard_samples: int | None = DEFAULT_GUARD_SAMPLES, guard_z: float = DEFAULT_GUARD_Z,
+         guard_mode: str = DEFAULT_GUARD_MODE, guard_tol: float = DEFAULT_GUARD_TOL,
+         guard_checks: int = DEFAULT_GUARD_CHECKS) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
 
     ssc_z: SSC counts each candidate at S + ssc_z * SE; ssc_folds >= 2: SSC's budget is lowered
     to what holds on held-out folds of the search samples (see :func:`choose_ssc`); 0 and 0
     are the paper's rule. guard: data (unlabeled is enough, not the search samples) for SSC's
-    decision guard (``tuning.guard``): a changed layer whose tau lowers the agreement with the
-    ANN on the first ``guard_samples`` of it by more than ``guard_z`` standard errors gets
-    that tau forbidden, and SSC chooses again (None: no guard, the paper's rule).
+    decision guard (``tuning.guard``; None: no guard, the paper's rule), on its first
+    ``guard_samples``. guard_mode "model": SSC's choice is rebuilt and, if it loses more than
+    ``guard_tol`` (a fraction) of agreement with the ANN there, backed off along its frontier
+    (at most ``guard_checks`` rebuilds); "layer": a changed layer whose tau alone lowers the
+    agreement by more than ``guard_z`` standard errors gets that tau forbidden, and SSC
+    chooses again.
 
     conv: an ``onnx2burst.convert.Converter``; data: its ``CalibrationSet`` (the first
     ``samples`` of it measure the sensitivities; all of it fits thresholds and biases).
@@ -782,6 +795,10 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         raise ConfigError("tune: nothing to do (neither BSR nor SSC)")
     if ssc and not any(math.isclose(t_, 1.0) for t_ in taus):
         raise ConfigError(f"the tau candidates must include 1.0 (the SSC budget), got {list(taus)}")
+    if guard is not None and guard_mode not in GUARD_MODES:
+        raise ConfigError(f"guard mode must be one of {list(GUARD_MODES)}, got {guard_mode!r}")
+    if guard is not None and guard_mode == "model" and not (guard_tol >= 0 and guard_checks >= 1):
+        raise ConfigError(f"the guard needs a tolerance >= 0 and at least 1 check, got {guard_tol} and {guard_checks}")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     batch_size = batch_size or 32  # measured fastest per sample for the tails (16-64 alike)
@@ -825,10 +842,31 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         ssc_start = dict(settings)
         timings["ssc measure"] = m.timings["total"]
 
-        def choose(table):
-            return choose_ssc(table, r=r, energy=energy, z=ssc_z, folds=ssc_folds)
+        def choose(table, budget=None):
+            return choose_ssc(table, r=r, energy=energy, z=ssc_z, folds=ssc_folds, budget=budget)
 
-        if guard is not None:
+        start_settings = dict(settings)
+        built: dict[tuple, onnx.ModelProto] = {}   # the guard's rebuilt SNNs, by settings
+
+        def settings_of(choice):
+            return {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start_settings.items()}
+
+        def build(st):
+            key = tuple(sorted(st.items()))
+            if key not in built:
+                built[key] = rebuild(conv, data, stats, st, progress=progress)
+            return built[key]
+
+        if guard is not None and guard_mode == "model":
+            from .guard import ModelProbe, backed_off_ssc
+
+            t = time.perf_counter()
+            mprobe = ModelProbe(ann, snn, guard, samples=guard_samples, threads=threads, kernel=kernel)
+            guarded = backed_off_ssc(m.tau, choose, lambda ch: mprobe.loss(build(settings_of(ch))),
+                                     tol=guard_tol, checks=guard_checks, samples=mprobe.samples)
+            c = guarded.choice
+            timings["ssc guard"] = time.perf_counter() - t
+        elif guard is not None:
             from .guard import AgreementProbe, guarded_ssc
 
             t = time.perf_counter()
@@ -840,9 +878,9 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         else:
             c = choose(m.tau)
         out["ssc"] = c
-        settings = {k: (p, float(c.choice.get(k, t_))) for k, (p, t_) in settings.items()}
+        settings = settings_of(c.choice)
         t = time.perf_counter()
-        snn = rebuild(conv, data, stats, settings, progress=progress)
+        snn = build(settings)
         timings["ssc rebuild"] = time.perf_counter() - t
         t = time.perf_counter()
         checks["ssc"] = joint_check(ann, snn, data, c, m, threads=threads, kernel=kernel)
@@ -857,9 +895,7 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         {"settings": res.to_dict()["settings"],
          "bsr": None if res.bsr is None else {"budget": res.bsr.budget, "rule": res.bsr.budget_rule, "energy": energy},
          "ssc": None if res.ssc is None else {"budget": res.ssc.budget, "rule": res.ssc.budget_rule, "energy": energy,
-                                              "guard": None if guarded is None else
-                                              {"samples": guarded.samples, "z": guarded.z,
-                                               "forbidden": dict(guarded.forbidden)}}})
+                                              "guard": None if guarded is None else guarded.meta()}})
     return res
 
 
@@ -886,7 +922,9 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, *, ener
             folds: int = 0) -> tuple[SweepPoint, list[SweepPoint]]:
     """SSC at each budget ``r`` (§8) from the tau table ``tune`` measured: choose, rebuild
     (biases recalibrated), evaluate on ``eval_data`` -- the accuracy/spikes trade-off to pick from.
-    When ``tune`` ran SSC guarded, every r is guarded too (with the pairs measured once).
+    When ``tune`` ran SSC with the per-layer guard (mode "layer"), every r is guarded too (with
+    the pairs measured once); the whole-model guard (mode "model") backs off the chosen r only,
+    and the sweep shows each r's own choice.
 
     Returns (the SNN SSC started from, as a point with r = 0; one point per r).
     """
