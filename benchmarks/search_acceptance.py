@@ -141,7 +141,7 @@ def main(argv=None):
                    if args.guard else "") + ". ± SE: the standard "
                 "error of the top-1 difference to BS (paired, per test sample); sym. KL: §6's measure "
                 "against the ANN on the test samples; bound: the issue's (see the script's docstring)"
-                + (f"; draw d: the search samples drawn from the calibration set with seed d (0: its order)"
+                + ("; draw d: the search samples drawn from the calibration set with seed d (0: its order)"
                    if args.draws > 1 else "") + ".\n\n" + "\n".join(lines) + "\n"
                 + ("\n" + "\n".join(summary(results)) + "\n" if args.draws > 1 else ""))
         Path(args.out).write_text(text)

@@ -256,10 +256,7 @@ def test_cli_search_with_the_model_guard(tmp_path, toy):
     import onnx
 
     ann, snn, x, *_ = toy
-    onnx.save(ann, tmp_path / "ann.onnx")
-    np.savez(tmp_path / "calib.npz", x=sample_data(64, seed=1))
-    np.savez(tmp_path / "guard.npz", x=x)
-    out = tmp_path / "rep"
+    out = _search_files(tmp_path, ann, x)
     res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
                                     "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr",
                                     "--taus", "1,1.5,2,3,4,6", "--samples", "32", "--r", "3", "--r-sweep", "",
@@ -316,14 +313,19 @@ def test_probe_errors(toy):
         probe.losses([("nope", 2.0)])
 
 
-def test_cli_search_with_a_guard(tmp_path, toy):
-    ann, snn, x, *_ = toy
+def _search_files(tmp_path, ann, x):
+    """ann.onnx, calib.npz (64 samples) and guard.npz (``x``) in tmp_path; returns the report dir."""
     import onnx
 
     onnx.save(ann, tmp_path / "ann.onnx")
     np.savez(tmp_path / "calib.npz", x=sample_data(64, seed=1))
     np.savez(tmp_path / "guard.npz", x=x)
-    out = tmp_path / "rep"
+    return tmp_path / "rep"
+
+
+def test_cli_search_with_a_guard(tmp_path, toy):
+    ann, snn, x, *_ = toy
+    out = _search_files(tmp_path, ann, x)
     res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
                                     "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr", "--taus", "1,2,4",
                                     "--samples", "32", "--r-sweep", "1", "--guard-data", str(tmp_path / "guard.npz"),

@@ -72,6 +72,18 @@ DEFAULT_GUARD_TOL = 0.005      # mode "model": agreement the choice may lose, as
 DEFAULT_GUARD_CHECKS = 8       # mode "model": rebuilds at most
 
 
+def _guard_dataset(ann, data, samples, batch_size):
+    """The guard's inputs: the first ``samples`` of ``data`` (at least 2), for ``ann``'s input."""
+    from ..report.data import load_dataset
+
+    ds = load_dataset(data, data_input(ann)).limit(samples)
+    if len(ds) < 2:
+        raise ConfigError(f"the SSC guard needs at least 2 samples, {getattr(ds, 'source', 'its data')} has {len(ds)}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    return ds
+
+
 class AgreementProbe:
     """Each (layer, tau)'s loss of agreement with the ANN on guard data (step 2 above).
 
@@ -85,17 +97,11 @@ class AgreementProbe:
     def __init__(self, ann, snn, data, *, samples: int | None = DEFAULT_GUARD_SAMPLES, batch_size: int = 64,
                  threads: int | None = None, kernel: bool | None = None, progress: bool = False,
                  mean_correct: bool = True):
-        from ..report.data import load_dataset
         from ..report.evaluate import load_onnx
         from .search import _SearchGraphs
 
         ann, snn = load_onnx(ann), load_onnx(snn)
-        self.ds = load_dataset(data, data_input(ann)).limit(samples)
-        if len(self.ds) < 2:
-            raise ConfigError(f"the SSC guard needs at least 2 samples, {getattr(self.ds, 'source', 'its data')} "
-                              f"has {len(self.ds)}")
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.ds = _guard_dataset(ann, data, samples, batch_size)
         self.batch_size, self.progress, self.mean_correct = batch_size, progress, mean_correct
         kernel = ops.kernel_available() if kernel is None else kernel
         self.sg = _SearchGraphs(snn, threads, kernel)
@@ -271,16 +277,10 @@ class ModelProbe:
 
     def __init__(self, ann, snn, data, *, samples: int | None = DEFAULT_GUARD_SAMPLES, batch_size: int = 256,
                  threads: int | None = None, kernel: bool | None = None):
-        from ..report.data import load_dataset
         from ..report.evaluate import load_onnx
 
         ann, snn = load_onnx(ann), load_onnx(snn)
-        self.ds = load_dataset(data, data_input(ann)).limit(samples)
-        if len(self.ds) < 2:
-            raise ConfigError(f"the SSC guard needs at least 2 samples, {getattr(self.ds, 'source', 'its data')} "
-                              f"has {len(self.ds)}")
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.ds = _guard_dataset(ann, data, samples, batch_size)
         self.batch_size, self.threads = batch_size, threads
         self.kernel = ops.kernel_available() if kernel is None else kernel
         self.seconds = 0.0
