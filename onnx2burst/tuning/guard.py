@@ -378,9 +378,7 @@ def backed_off_ssc(table, choose: Callable, loss: Callable[[Mapping[str, float]]
     t0 = time.perf_counter()
     first = choose(table)
     # frontier: energy increasing, sensitivity decreasing; point 0 is the choice itself
-    pts = [p for p in first.frontier if p[0] >= first.chosen[0] - 1e-12 * max(1.0, abs(first.chosen[0]))]
-    if not pts:
-        pts = [first.chosen]
+    pts = list(first.frontier) or [first.chosen]
     start = len(pts)                      # one past the frontier: the SNN SSC started from
     choices: dict[int, object] = {0: first}
     steps: list[BackoffStep] = []

@@ -845,11 +845,10 @@ def tune(conv, data, *, bsr: bool = True, ssc: bool = True, snn: onnx.ModelProto
         def choose(table, budget=None):
             return choose_ssc(table, r=r, energy=energy, z=ssc_z, folds=ssc_folds, budget=budget)
 
-        start_settings = dict(settings)
         built: dict[tuple, onnx.ModelProto] = {}   # the guard's rebuilt SNNs, by settings
 
         def settings_of(choice):
-            return {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start_settings.items()}
+            return {k: (p, float(choice.get(k, t_))) for k, (p, t_) in ssc_start.items()}
 
         def build(st):
             key = tuple(sorted(st.items()))
