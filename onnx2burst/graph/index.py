@@ -15,7 +15,16 @@ from onnx import helper, numpy_helper
 
 from ..errors import GraphError
 
-__all__ = ["GraphIndex", "default_opset", "unique_name", "topological_sort", "make_reduce"]
+__all__ = ["GraphIndex", "attr", "default_opset", "unique_name", "topological_sort", "make_reduce"]
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute ``name`` of ``node`` (ints, floats, strings as bytes, tensors),
+    or ``default`` when the node does not set it."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
 
 
 def default_opset(model: onnx.ModelProto) -> int:
