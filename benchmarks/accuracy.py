@@ -1,11 +1,11 @@
-"""Accuracy of the converted SNN against its ANN (issue: model zoo and benchmarks; the paper's Tables I/II/V).
+"""Top-1, spikes and energy of each bundled model's SNN against its ANN, over T x psi and with BSR/SSC at T = 8.
 
-For each bundled model: top-1 of the ANN and of the SNN for T in {2, 4, 8, 16, 32} x psi in
-{1, 2, 4, 8} (plain conversion, ALGORITHM.md §1-§5), and at T = 8 with + BSR, + SSC and
-+ both (§6-§8): top-1, spikes per sample, SynOps, energy against the ANN (§7's 45 nm
-figures), conversion seconds. Calibration: the bundled 512 samples; test: the bundled
-1000-image subset by default (``--test full`` for the 10k set when Fashion-MNIST is
-installed). Writes benchmarks/results/accuracy.md and accuracy.png (top-1 against T, one
+For each bundled model (like the paper's Tables I/II/V): top-1 of the ANN and of the SNN for T
+in {2, 4, 8, 16, 32} x psi in {1, 2, 4, 8} (plain conversion, docs/method.md §1-§5), and at
+T = 8 with + BSR, + SSC and + both (§6-§8): top-1, spikes per sample, SynOps, energy against
+the ANN (§7's 45 nm figures), conversion seconds. Calibration: the bundled 512 samples; test:
+the bundled 1000-image subset by default (``--test full`` for the 10k set when Fashion-MNIST
+is installed). Writes benchmarks/results/accuracy.md and accuracy.png (top-1 against T, one
 curve per psi, the ANN as a line).
 
     python benchmarks/accuracy.py [--models resnet20_fmnist,vgg_fmnist,vgg_max_fmnist]
@@ -16,46 +16,35 @@ model after a change).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import CALIB, int_list, model_path, parser, test_set, tune, write_json, write_text
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="resnet20_fmnist,vgg_fmnist,vgg_max_fmnist")
-    ap.add_argument("--Ts", default="2,4,8,16,32")
-    ap.add_argument("--psis", default="1,2,4,8")
+    ap = parser(__doc__, out="accuracy.md", models=("resnet20_fmnist", "vgg_fmnist", "vgg_max_fmnist"))
+    ap.add_argument("--Ts", type=int_list, default="2,4,8,16,32")
+    ap.add_argument("--psis", type=int_list, default="1,2,4,8")
     ap.add_argument("--test", choices=["subset", "full"], default="subset")
     ap.add_argument("--no-search", action="store_true", help="skip the T=8 +BSR/+SSC/+both rows")
     ap.add_argument("--search-samples", type=int, default=256)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "accuracy.md"))
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows (and figure data) of models in the existing results that this run does not redo")
     args = ap.parse_args(argv)
 
-    from models.data import load_fmnist_test_npz
     from onnx2burst.config import ConvertConfig
     from onnx2burst.convert import Converter
-    from onnx2burst.report.evaluate import evaluate
+    from onnx2burst.evaluation import evaluate
     from onnx2burst.report.plots import _pyplot, _save
-    from onnx2burst.tuning import search as S
 
-    x, labels = load_fmnist_test_npz("full" if args.test == "full" else None)
-    calib = ROOT / "models" / "data" / "fmnist_calib.npz"
-    Ts = [int(t) for t in args.Ts.split(",")]
-    psis = [int(p) for p in args.psis.split(",")]
+    x, labels = test_set(args.test)
+    Ts, psis = args.Ts, args.psis
     rows, grid = [], {}
     kept = []  # --merge: other models' rows and grid entries from the existing results
-    out_json = Path(args.out).with_suffix(".json")
-    if args.merge and Path(args.out).is_file():
-        redo = set(args.models.split(","))
-        for line in Path(args.out).read_text().splitlines():
+    out_json = args.out.with_suffix(".json")
+    if args.merge and args.out.is_file():
+        redo = set(args.models)
+        for line in args.out.read_text().splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if not line.startswith("| ") or cells[0] in redo | {"model"}:
                 continue
@@ -77,7 +66,7 @@ def main(argv=None):
         write(partial=True)  # a stopped run still leaves its rows
 
     def write(partial=False):
-        png = Path(args.out).with_suffix(".png")
+        png = args.out.with_suffix(".png")
         status = ("**Partial run**: the rows so far of a run still going or stopped; the figure comes at the end.\n\n"
                   if partial else f"![accuracy against T]({png.name})\n\n")
         text = (f"# ANN vs SNN accuracy{' (PARTIAL)' if partial else ''}\n\n"
@@ -86,23 +75,22 @@ def main(argv=None):
                 "calibration: the bundled 512 samples (models/data/fmnist_calib.npz). psi = 1 is the plain IF neuron "
                 "(reset by subtraction), psi > 1 Bursting Spikes (BS); the T = 8 search rows start from BS psi = 4 "
                 f"(BSR ratio 1.0, psi 1..8; SSC r = 1.0, tau 1:10:0.5; {args.search_samples} search samples). "
-                "Energy: SynOps x 0.9 pJ + first-layer MACs x 4.6 pJ against ANN MACs x 4.6 pJ (ALGORITHM.md §7). "
+                "Energy: SynOps x 0.9 pJ + first-layer MACs x 4.6 pJ against ANN MACs x 4.6 pJ (docs/method.md §7). "
                 "`convert s` includes the search for the search rows; pass 1 (statistics) is counted in the first "
                 "row of each model.\n\n" + status + head + "\n" + sep + "\n" + "\n".join(kept + rows) + "\n")
-        Path(args.out).write_text(text)
-        out_json.write_text(json.dumps(
-            {f"{k[0]}|{k[1]}|{k[2]}" if len(k) == 3 else f"{k[0]}|ann": v for k, v in grid.items()}, indent=1))
+        write_text(args.out, text)
+        write_json(out_json, {f"{k[0]}|{k[1]}|{k[2]}" if len(k) == 3 else f"{k[0]}|ann": v for k, v in grid.items()})
         return text
 
-    for name in args.models.split(","):
-        ann = ROOT / "models" / "zoo" / f"{name}.onnx"
+    for name in args.models:
+        ann = model_path(name)
         ann_top1, first, data = None, None, None
         for T in Ts:
             for psi in psis:
                 t0 = time.perf_counter()
                 conv = Converter(ann, ConvertConfig(T=T, psi=psi))
                 if first is None:
-                    first, data = conv, conv.load_data(calib)
+                    first, data = conv, conv.load_data(CALIB)
                 else:
                     conv.reuse_stats(first)  # pass 1 once per model
                 snn = conv.run(data).model
@@ -114,7 +102,7 @@ def main(argv=None):
                 if T == 8 and psi == 4 and not args.no_search:
                     for label, bsr, ssc in (("+BSR", True, False), ("+SSC", False, True), ("+BSR+SSC", True, True)):
                         t1 = time.perf_counter()
-                        res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, samples=args.search_samples)
+                        res = tune(conv, data, snn=snn, bsr=bsr, ssc=ssc, samples=args.search_samples)
                         row(name, T, psi, label, evaluate(str(ann), res.model, (x, labels)),
                             secs + time.perf_counter() - t1)
         grid[name, "ann"] = ann_top1
@@ -137,7 +125,7 @@ def main(argv=None):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    png = Path(args.out).with_suffix(".png")
+    png = args.out.with_suffix(".png")
     _save(fig, png)
 
     print(write())

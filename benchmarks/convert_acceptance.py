@@ -1,4 +1,4 @@
-"""Acceptance of `onnx2burst convert` (issue 3) on the Fashion-MNIST model zoo.
+"""Top-1 of `onnx2burst convert`'s SNNs of the Fashion-MNIST zoo against their ANNs, and one conversion's time and memory.
 
 For each model in models/zoo (vgg_fmnist, vgg_max_fmnist, resnet20_fmnist): ANN top-1 and
 SNN top-1 on the 10k test set for
@@ -8,8 +8,8 @@ SNN top-1 on the 10k test set for
 
 with 512 calibration samples (models/data/fmnist_calib.npz); for the MaxPool VGG also
 --maxpool spikes (MaxPool per timestep) and --maxpool avg (AveragePool instead of MaxPool) at
-T=8 and T=16 psi=4; and the conversion
-time and peak memory (ru_maxrss of a fresh process) of the ResNet at T=8 with 512 samples.
+T=8 and T=16 psi=4; and the conversion time and peak memory (ru_maxrss of a fresh process) of
+the ResNet at T=8 with 512 samples.
 Prints a markdown table and writes benchmarks/results/convert.md.
 
     python benchmarks/convert_acceptance.py [--limit 2000] [--models resnet20_fmnist] [--threads 2]
@@ -18,7 +18,6 @@ Targets: T=8,psi=4 within 1.0 point of the ANN; T=16,psi=4 within 0.5; T=32,psi=
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-ZOO = ROOT / "models" / "zoo"
-CALIB = ROOT / "models" / "data" / "fmnist_calib.npz"
-MODELS = ("vgg_fmnist", "vgg_max_fmnist", "resnet20_fmnist")
+from common import CALIB, ZOO_MODELS, load_store, machine, model_path, parser, session, top1, write_json, write_text
+
 # (label, T, psi, thresholds method, bias calibration, maxpool)
 CONFIGS = [
     ("T=8 psi=4", 8, 4, "search", True, "lateral"),
@@ -48,7 +45,7 @@ TARGETS = {"T=8 psi=4": 1.0, "T=16 psi=4": 0.5, "T=32 psi=1": 2.0}
 
 
 def test_set(model_json: Path, limit: int | None):
-    sys.path.insert(0, str(ROOT))
+    """The 10k test images normalised as the model's JSON says, the first ``limit``."""
     from models.data import load_fmnist_raw
 
     meta = json.loads(model_json.read_text())
@@ -59,15 +56,6 @@ def test_set(model_json: Path, limit: int | None):
     if limit:
         x, labels = x[:limit], labels[:limit]
     return x, labels
-
-
-def top1(session, x, labels, batch=256) -> float:
-    name = session.get_inputs()[0].name
-    correct = 0
-    for s in range(0, len(x), batch):
-        y = session.run(None, {name: x[s:s + batch]})[0]
-        correct += int((y.argmax(1) == labels[s:s + batch]).sum())
-    return 100.0 * correct / len(x)
 
 
 def convert_one(path: Path, T, psi, method, bias, maxpool, threads, stats_cache):
@@ -108,41 +96,35 @@ def timed_conversion(path: Path, threads) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--limit", type=int, default=None, help="first N test images only (default: all 10k)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap = parser(__doc__, out="convert.md", models=ZOO_MODELS, threads=True, limit=None)
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--timing-only", action="store_true", help="only the ResNet conversion time and memory")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "convert.md")
     ap.add_argument("--fresh", action="store_true", help="forget the results of earlier runs (convert.json)")
     args = ap.parse_args(argv)
 
-    from onnx2burst import ops
-
     # results accumulate in convert.json beside the table, so models can be measured one by one
     store_path = args.out.with_suffix(".json")
-    store = {} if args.fresh or not store_path.is_file() else json.loads(store_path.read_text())
+    store = load_store(store_path, args.fresh)
     if store.get("limit") != args.limit:
         store = {}
     store["limit"] = args.limit
     rows_by_model = store.setdefault("rows", {})
     maxpool_store = store.setdefault("maxpool", {})
     timing = store.get("timing")
-    resnet = ZOO / "resnet20_fmnist.onnx"
+    resnet = model_path("resnet20_fmnist")
     if not args.skip_timing and resnet.is_file() and ("resnet20_fmnist" in args.models or args.timing_only):
         timing = store["timing"] = timed_conversion(resnet, args.threads)   # first: this process is still small
         print(f"resnet20 conversion T=8 psi=4 512 samples: {timing}", flush=True)
     if args.timing_only:
         args.models = []
     for name in args.models:
-        path = ZOO / f"{name}.onnx"
+        path = model_path(name)
         if not path.is_file():
             print(f"skip {name}: {path} missing", file=sys.stderr)
             continue
         x, labels = test_set(path.with_suffix(".json"), args.limit)
         maxpool_rows = []
-        ann_acc = top1(ops.make_session(path, threads=args.threads), x, labels)
+        ann_acc = top1(session(path, args.threads), x, labels)
         row = {"model": name, "ANN": ann_acc, "threads": args.threads}
         stats_cache: dict = {}
         configs = CONFIGS + (MAXPOOL_OTHER if "max" in name else [])
@@ -150,11 +132,11 @@ def main(argv=None):
             t = time.perf_counter()
             conv, model = convert_one(path, T, psi, method, bias, maxpool, args.threads, stats_cache)
             tc = time.perf_counter() - t
-            acc = top1(ops.make_session(model, threads=args.threads), x, labels, batch=max(32, 2048 // T))
+            acc = top1(session(model, args.threads), x, labels, batch=max(32, 2048 // T))
             print(f"{name:16s} {label:26s} top-1 {acc:6.2f}  (ANN {ann_acc:.2f}, convert {tc:.1f}s, "
                   f"eval {time.perf_counter() - t - tc:.1f}s)", flush=True)
             if maxpool == "avg":  # the ANN it approximates is the one with AveragePool
-                ann_avg = top1(ops.make_session(conv.canonical.model, threads=args.threads), x, labels)
+                ann_avg = top1(session(conv.canonical.model, args.threads), x, labels)
                 maxpool_rows.append((name, label, acc, ann_avg))
             elif maxpool != "lateral":
                 maxpool_rows.append((name, label, acc, ann_acc))
@@ -163,10 +145,9 @@ def main(argv=None):
         rows_by_model[name] = row
         if maxpool_rows:
             maxpool_store[name] = maxpool_rows
-        store_path.parent.mkdir(parents=True, exist_ok=True)
-        store_path.write_text(json.dumps(store, indent=1))
-    store_path.write_text(json.dumps(store, indent=1))
-    rows = [rows_by_model[m] for m in MODELS if m in rows_by_model]
+        write_json(store_path, store)
+    write_json(store_path, store)
+    rows = [rows_by_model[m] for m in ZOO_MODELS if m in rows_by_model]
     maxpool_rows = [tuple(r) for v in maxpool_store.values() for r in v]
 
     n_test = args.limit or 10000
@@ -205,15 +186,11 @@ def main(argv=None):
                   + ", ".join(f"{k} {v:.1f} s" for k, v in timing["stages"].items()),
                   f"- peak memory: ru_maxrss {timing['maxrss_mb']:.0f} MB, VmHWM {timing.get('vmhwm_mb') or 0:.0f} MB "
                   "(whole process: Python, onnx, onnxruntime, the data)"]
-    import platform
-    import os
     threads = ", ".join(f"{r['model']} {r.get('threads') or 'default'}" for r in rows)
-    lines += ["", f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, shared with other work; "
-              f"onnxruntime threads: {threads}."]
+    lines += ["", f"Machine: {machine()}, shared with other work; onnxruntime threads: {threads}."]
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The corpus benchmark (issue 7): every corpus model (tests/corpus.py) converted at T=128, psi=8.
+"""How every corpus model (tests/corpus.py) converts at T=128, psi=8, and how closely its SNN tracks the ANN.
 
 Per model: opset, nodes, neurons, MaxPools in the spiking part, whether it converts (exact /
 inexact with which ops / refused and why), top-1 agreement of the SNN with the ANN and the
@@ -15,9 +15,6 @@ Results accumulate in corpus.json, so models can be (re)measured one by one with
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import sys
 import time
 import warnings
@@ -25,16 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests import corpus  # noqa: E402
+from common import load_store, machine, parser, predict, session, write_json, write_text
+from tests import corpus
 
 EVAL, CALIB = 256, 64
 
 
 def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> dict:
-    from onnx2burst import ops
     from onnx2burst.config import CalibrationConfig, ConvertConfig
     from onnx2burst.convert import Converter
     from onnx2burst.errors import Onnx2BurstError, UnsupportedModelError
@@ -72,10 +66,9 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
     snn = result.model
     x = corpus.inputs(m, EVAL, seed=2)
     ann = corpus.run_ann(m, x, spec.batch1)
-    sess = ops.make_session(snn, threads=threads)
+    sess = session(snn, threads)
     t = time.perf_counter()
-    step = 16
-    y = np.concatenate([sess.run(None, {k: v[s:s + step] for k, v in x.items()})[0] for s in range(0, EVAL, step)])
+    y = predict(sess, x, 16)
     row["eval_s"] = round(time.perf_counter() - t, 1)
     row["rel_error"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
     row["agreement"] = float((y.argmax(1) == ann.argmax(1)).mean())
@@ -97,13 +90,11 @@ def _snn_logits(m, cfg, x, threads, **options):
     """(SNN logits on ``x``, the Converter) for the conversion of ``m`` with ``cfg`` changed by ``options``."""
     import dataclasses
 
-    from onnx2burst import ops
     from onnx2burst.convert import Converter
 
     conv = Converter(m, dataclasses.replace(cfg, **options))
-    sess = ops.make_session(conv.run(corpus.inputs(m, CALIB, seed=1)).model, threads=threads)
-    y = np.concatenate([sess.run(None, {k: v[s:s + 16] for k, v in x.items()})[0] for s in range(0, EVAL, 16)])
-    return y, conv
+    sess = session(conv.run(corpus.inputs(m, CALIB, seed=1)).model, threads)
+    return predict(sess, x, 16), conv
 
 
 def _avgpool_error(m, cfg, x, threads, allow_inexact: bool) -> float:
@@ -227,7 +218,7 @@ def write(rows: list[dict], out: Path, args) -> None:
     lines += ["", f"{len(done)}/{len(rows)} models converted "
               f"({sum(r['converted'] == 'exact' for r in rows)} exact, "
               f"{sum(r['converted'] == 'inexact' for r in rows)} inexact); {seconds / 60:.1f} min in all (export, "
-              f"conversions and evaluations, summed over the models), machine: {platform.machine()}, 2 CPU cores "
+              f"conversions and evaluations, summed over the models), machine: {machine()} "
               "shared with other work, run under `nice`.", ""]
     refused = [r for r in rows if r["converted"] == "refused"]
     if refused:
@@ -238,26 +229,23 @@ def write(rows: list[dict], out: Path, args) -> None:
                   "then counts as batch^4 elements at opsets 17 and 20. The same network converts at opsets 11 "
                   "and 13, where those shapes stay unknown: a false refusal, to be fixed in `limits`.", ""]
     lines += [whatconverts(rows)]
-    out.write_text("\n".join(lines) + "\n")
+    write_text(out, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out="corpus.md", threads=True)
     ap.add_argument("--T", type=int, default=128)
     ap.add_argument("--psi", type=int, default=8)
     ap.add_argument("--matrix", action="store_true", help="also the torch architectures at their other opsets")
     ap.add_argument("--only", nargs="*", default=None)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "corpus.md")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results (corpus.json)")
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from corpus.json")
     ap.add_argument("--whatconverts", type=Path, default=None,
                     help="also write the README section \"What converts, and what does not\" to this file")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     store_path = args.out.with_suffix(".json")
-    store = {} if args.fresh or not store_path.is_file() else json.loads(store_path.read_text())
+    store = load_store(store_path, args.fresh)
     if store.get("T") != args.T or store.get("psi") != args.psi:
         store = {"T": args.T, "psi": args.psi}
     results = store.setdefault("rows", {})
@@ -270,14 +258,14 @@ def main(argv=None) -> int:
     for spec in chosen:
         row = measure(spec, args.T, args.psi, args.threads)
         results[spec.name] = row
-        store_path.write_text(json.dumps(store, indent=1) + "\n")
+        write_json(store_path, store)
         print(f"{spec.name:24s} {_converted(row):40s} agree {row.get('agreement', float('nan')):.3f} "
               f"rel {row.get('rel_error', float('nan')):.3f} {row.get('convert_s', 0):.1f}s", flush=True)
     order = [m.name for m in corpus.ALL]
     rows = [results[n] for n in order if n in results]
     write(rows, args.out, args)
     if args.whatconverts:
-        args.whatconverts.write_text(whatconverts(rows) + "\n")
+        write_text(args.whatconverts, whatconverts(rows) + "\n")
     print(f"wrote {args.out} (this run: {(time.perf_counter() - t0) / 60:.1f} min)")
     return 0
 

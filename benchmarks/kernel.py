@@ -1,4 +1,4 @@
-"""BurstIF kernel speed (issue: the BurstIF operator).
+"""Speed of the BurstIF kernel against onnxruntime's Relu and the standard-op fallback, by tensor size and threads.
 
 In one run, on [T*N, 64, 14, 14] tensors of about 1e5, 1e6 and 1e7 elements with T = 8:
 the C++ kernel against onnxruntime's own Relu over the same tensor (a memory-bound floor)
@@ -11,15 +11,12 @@ table times one sample of several layer shapes of about 1e5 elements at 1 thread
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
 
+from common import int_list, interleave, median, parser, ratio, session, write_text
 from onnx2burst import ops
 
 T, PSI, TAU = 8, 4, 1.0
@@ -46,49 +43,29 @@ def _burst_model(dims=(C, H, W)):
 LAYER_SHAPES = ((12544,), (1024, 3, 3), (256, 7, 7), (64, 14, 14), (4, 56, 56))
 
 
-def _session(model, kernel, threads):
-    """A session whose idle pool threads sleep instead of spinning: with several sessions
-    interleaved on a 2-core machine, one session's spinning workers would otherwise steal
-    the cores from the next session's run and skew the 2-thread columns."""
-    return ops.make_session(model, kernel=kernel, threads=threads, spinning=False)
-
-
-def _time(sess, feeds, outputs):
-    t0 = time.perf_counter()
-    sess.run(outputs, feeds)
-    return time.perf_counter() - t0
-
-
 def _measure(relu, burst, x, vth, threads, repeats, fallback):
     """Medians (ms) of interleaved repeats of Relu, the kernel (and the fallback) on x, and the
-    medians of the per-repeat ratios."""
+    medians of the per-repeat ratios. Idle pool threads sleep (``common.session``): spinning
+    workers would steal the cores from the next session's run and skew the 2-thread columns."""
     sessions = {
-        "relu": (_session(relu, False, threads), {"X": x}),
-        "kernel": (_session(burst, True, threads), {"X": x, "vth": vth}),
+        "relu": (session(relu, threads, kernel=False), {"X": x}),
+        "kernel": (session(burst, threads, kernel=True), {"X": x, "vth": vth}),
     }
     if fallback:
-        sessions["fallback"] = (_session(burst, False, threads), {"X": x, "vth": vth})
-    times = {k: [] for k in sessions}
+        sessions["fallback"] = (session(burst, threads, kernel=False), {"X": x, "vth": vth})
     reps = repeats if x.size <= 2_000_000 else max(5, repeats // 3)
-    for k, (s, f) in sessions.items():  # warm-up
-        s.run(None, f)
-    for _ in range(reps):  # interleaved, so drifts in machine load hit all columns alike
-        for k, (s, f) in sessions.items():
-            times[k].append(_time(s, f, None))
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    # Ratios of the times measured back to back in each repeat, then their median: a
-    # drift in the machine's load between repeats then cancels out of the ratio.
-    med["kernel/relu"] = statistics.median(k / r for k, r in zip(times["kernel"], times["relu"]))
+    times = interleave({k: (lambda s=s, f=f: s.run(None, f)) for k, (s, f) in sessions.items()}, reps)
+    med = {k: median(v) * 1e3 for k, v in times.items()}
+    med["kernel/relu"] = ratio(times["kernel"], times["relu"])
     if "fallback" in times:
-        med["fallback/kernel"] = statistics.median(f / k for f, k in zip(times["fallback"], times["kernel"]))
+        med["fallback/kernel"] = ratio(times["fallback"], times["kernel"])
     return med
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out="kernel.md")
     ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--sizes", default="1,10,100", help="N values (elements = 8*N*64*14*14)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kernel.md"))
+    ap.add_argument("--sizes", type=int_list, default="1,10,100", help="N values (elements = 8*N*64*14*14)")
     ap.add_argument("--no-fallback", action="store_true", help="skip the (slow) fallback column")
     args = ap.parse_args(argv)
     if not ops.kernel_available():
@@ -96,7 +73,7 @@ def main(argv=None):
     relu, burst = _relu_model(), _burst_model()
     rng = np.random.default_rng(0)
     rows = []
-    for N in [int(s) for s in args.sizes.split(",")]:
+    for N in args.sizes:
         x = rng.normal(size=(T * N, C, H, W)).astype(np.float32)
         vth = rng.uniform(0.2, 1.0, C).astype(np.float32)
         for threads in (1, 2):
@@ -128,8 +105,7 @@ def main(argv=None):
     header = (f"# BurstIF kernel benchmark\n\nT={T}, psi={PSI}, X = [T*N, {C}, {H}, {W}], medians of interleaved "
               f"repeats; a ratio is the median of the per-repeat ratios; idle pool threads sleep (no spinning). Command: `python benchmarks/kernel.py`. Target: kernel <= 1.5x Relu.\n\n")
     print("\n" + table)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(header + table + "\n")
+    write_text(args.out, header + table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""BSR / SSC acceptance (issue: search), a table like the paper's Table V.
+"""Top-1 and spikes of BS, +BSR, +SSC and +BSR+SSC against their targets, in a table like the paper's Table V.
 
 For each model and T: uniform psi=4 (BS), + BSR (ratio 1.0), + SSC (r = 1.0), + both; top-1 on
-the test set and total spikes per sample relative to BS, and whether the issue's bound holds:
+the test set and total spikes per sample relative to BS, and whether the target is met:
 
 - +BSR (ratio 1.0): top-1 at most 0.2 point below BS at T = 8 (reported at other T);
 - +SSC (r = 1.0): spikes at most 0.85x BS and top-1 at most 0.7 point below;
@@ -11,7 +11,7 @@ the test set and total spikes per sample relative to BS, and whether the issue's
 ``--search-samples`` of a seeded permutation of the calibration samples (draw 0: the file's
 order; thresholds and biases are fitted on all of them either way; ``--guard``'s images are the
 same for every draw), and a summary table gives each cell's median and how many draws meet the
-bound -- on models this small one draw can meet a bound or miss it by chance. Writes
+target -- on models this small one draw can meet a target or miss it by chance. Writes
 benchmarks/results/search.md (or ``--out``).
 
     python benchmarks/search_acceptance.py [--models resnet20_fmnist,vgg_fmnist] [--Ts 8,4]
@@ -20,15 +20,11 @@ benchmarks/results/search.md (or ``--out``).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import CALIB, int_list, model_path, parser, test_set, tune, write_text
 
 
 def paired_se(a: np.ndarray, b: np.ndarray) -> float:
@@ -38,7 +34,7 @@ def paired_se(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
 
 
-BOUNDS = {  # config -> (largest spikes vs BS, largest top-1 loss in points, the Ts it applies to)
+TARGETS = {  # config -> (largest spikes vs BS, largest top-1 loss in points, the Ts it applies to)
     "+BSR": (None, 0.2, (8,)),
     "+SSC": (0.85, 0.7, None),
     "+BSR+SSC": (0.9, 0.3, None),
@@ -46,11 +42,11 @@ BOUNDS = {  # config -> (largest spikes vs BS, largest top-1 loss in points, the
 
 
 def meets(config: str, T: int, d_top1: float, spikes_ratio: float) -> bool | None:
-    """Whether a row meets the issue's bound (None: no bound for it), on the values as the
-    table prints them (top-1 to 0.01 point, spikes to 0.001)."""
-    if config not in BOUNDS:
+    """Whether a row meets its target (None: no target for it), on the values as the table
+    prints them (top-1 to 0.01 point, spikes to 0.001)."""
+    if config not in TARGETS:
         return None
-    max_spikes, max_loss, Ts = BOUNDS[config]
+    max_spikes, max_loss, Ts = TARGETS[config]
     if Ts is not None and T not in Ts:
         return None
     ok = round(d_top1, 2) >= -max_loss - 1e-9
@@ -61,7 +57,7 @@ def permuted(data, draw: int):
     """The calibration set with its samples in draw ``draw``'s order (0: unchanged)."""
     if draw == 0:
         return data
-    from onnx2burst.calibration.data import CalibrationSet
+    from onnx2burst.data import CalibrationSet
 
     perm = np.random.default_rng(draw).permutation(len(data))
     return CalibrationSet({k: v[perm] for k, v in data.inputs.items()},
@@ -70,15 +66,15 @@ def permuted(data, draw: int):
 
 def summary(results: list[tuple]) -> list[str]:
     """Per (model, T, config): draws, median and range of the top-1 change and the spikes ratio,
-    and how many draws meet the bound."""
+    and how many draws meet the target."""
     cells: dict[tuple, list[tuple[float, float, bool | None]]] = {}
     for name, T, label, d_top1, ratio, ok in results:
         cells.setdefault((name, T, label), []).append((d_top1, ratio, ok))
-    out = ["| model | T | config | draws | top-1 vs BS: median (range) | spikes vs BS: median (range) | bound met |",
+    out = ["| model | T | config | draws | top-1 vs BS: median (range) | spikes vs BS: median (range) | target met |",
            "|---|---:|---|---:|---|---|---|"]
     for (name, T, label), v in cells.items():
         d, r = np.array([x[0] for x in v]), np.array([x[1] for x in v])
-        oks = [x[2] for x in v]  # all None for a cell without a bound
+        oks = [x[2] for x in v]  # all None for a cell without a target
         met = "" if oks[0] is None else f"{sum(oks)} of {len(v)}"
         out.append(f"| {name} | {T} | {label} | {len(v)} | {np.median(d):+.2f} ({d.min():+.2f} to {d.max():+.2f}) | "
                    f"{np.median(r):.3f} ({r.min():.3f} to {r.max():.3f}) | {met} |")
@@ -86,10 +82,8 @@ def summary(results: list[tuple]) -> list[str]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="resnet20_fmnist,vgg_fmnist")
-    ap.add_argument("--Ts", default="8,4")
-    ap.add_argument("--limit", type=int, default=10000)
+    ap = parser(__doc__, out="search.md", models=("resnet20_fmnist", "vgg_fmnist"), limit=10000)
+    ap.add_argument("--Ts", type=int_list, default="8,4")
     ap.add_argument("--search-samples", type=int, default=256)
     ap.add_argument("--taus", default="1:10:0.5", help="SSC tau grid, e.g. 1:3:0.1,3.5:10:0.5")
     ap.add_argument("--configs", default="+BSR,+SSC,+BSR+SSC", help="which of +BSR, +SSC, +BSR+SSC to run")
@@ -106,28 +100,23 @@ def main(argv=None):
     ap.add_argument("--guard-z", type=float, default=2.0, help="mode layer: flag a loss beyond this many SE")
     ap.add_argument("--draws", type=int, default=1,
                     help="repeat each search on this many draws of its samples (see above)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "search.md"))
     args = ap.parse_args(argv)
     if args.draws < 1:
         ap.error("--draws must be >= 1")
 
-    from models.data import load_fmnist_test_npz
-    from onnx2burst.config import ConvertConfig
+    from onnx2burst.config import ConvertConfig, GuardConfig, parse_grid
     from onnx2burst.convert import Converter
-    from onnx2burst.report.evaluate import evaluate
-    from onnx2burst.tuning import search as S
+    from onnx2burst.evaluation import evaluate
 
-    x, labels = load_fmnist_test_npz("full")
-    x, labels = x[: args.limit], labels[: args.limit]
-    calib = ROOT / "models" / "data" / "fmnist_calib.npz"
+    x, labels = test_set("full", args.limit)
     guard = None
     if args.guard:
         from models.data import load_fmnist_guard
 
-        guard = load_fmnist_guard(args.guard)
-    extra = dict(taus=S.parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds, guard=guard,
-                 guard_samples=args.guard or None, guard_z=args.guard_z, guard_mode=args.guard_mode,
-                 guard_tol=args.guard_tol / 100, guard_checks=args.guard_checks)
+        guard = GuardConfig(data=load_fmnist_guard(args.guard), samples=args.guard, mode=args.guard_mode,
+                            tol=args.guard_tol, checks=args.guard_checks, z=args.guard_z)
+    search = dict(samples=args.search_samples, tau_grid=parse_grid(args.taus), ssc_z=args.z, ssc_folds=args.folds,
+                  guard=guard)
 
     def write():  # after every row, so that a long run that stops keeps what it measured
         text = ("# BSR / SSC acceptance\n\nCommand: `python benchmarks/search_acceptance.py`. "
@@ -140,22 +129,22 @@ def main(argv=None):
                       if args.guard_mode == "model" else f"per layer, z = {args.guard_z:g}") + ")"
                    if args.guard else "") + ". ± SE: the standard "
                 "error of the top-1 difference to BS (paired, per test sample); sym. KL: §6's measure "
-                "against the ANN on the test samples; bound: the issue's (see the script's docstring)"
+                "against the ANN on the test samples; target: see the script's docstring"
                 + ("; draw d: the search samples drawn from the calibration set with seed d (0: its order)"
                    if args.draws > 1 else "") + ".\n\n" + "\n".join(lines) + "\n"
                 + ("\n" + "\n".join(summary(results)) + "\n" if args.draws > 1 else ""))
-        Path(args.out).write_text(text)
+        write_text(args.out, text)
         return text
 
     lines = ["| model | T | config | draw | top-1 | vs BS (points) | ± SE | agreement | sym. KL | spikes/sample | "
-             "spikes vs BS | bound | search s |",
+             "spikes vs BS | target | search s |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     results: list[tuple] = []
-    for name in args.models.split(","):
-        ann = ROOT / "models" / "zoo" / f"{name}.onnx"
-        for T in (int(t) for t in args.Ts.split(",")):
+    for name in args.models:
+        ann = model_path(name)
+        for T in args.Ts:
             conv = Converter(ann, ConvertConfig(T=T, psi=4))
-            data = conv.load_data(calib)
+            data = conv.load_data(CALIB)
             bs = conv.run(data).model
             base = None
             want = args.configs.split(",")
@@ -165,7 +154,7 @@ def main(argv=None):
                 sample = permuted(data, draw)
                 if "+BSR" in want or "+BSR+SSC" in want:  # one run gives both: the SNN after BSR is kept
                     t0 = time.perf_counter()
-                    res = S.tune(conv, sample, bsr=True, ssc=True, snn=bs, samples=args.search_samples, **extra)
+                    res = tune(conv, sample, snn=bs, bsr=True, ssc=True, **search)
                     secs = time.perf_counter() - t0
                     t_bsr = sum(v for k, v in res.timings.items() if k.startswith("bsr"))
                     if "+BSR" in want:
@@ -175,7 +164,7 @@ def main(argv=None):
                         guards["+BSR+SSC"] = res.guard.summary()
                 if "+SSC" in want:
                     t0 = time.perf_counter()
-                    res = S.tune(conv, sample, bsr=False, ssc=True, snn=bs, samples=args.search_samples, **extra)
+                    res = tune(conv, sample, snn=bs, bsr=False, ssc=True, **search)
                     rows["+SSC"] = (res.model, time.perf_counter() - t0)
                     if res.guard is not None:
                         guards["+SSC"] = res.guard.summary()

@@ -1,4 +1,4 @@
-"""Why SSC's sensitivity budget and top-1 part ways (issue: search), measured.
+"""Top-1, agreement, KL and spikes of BS, of BS with one layer's tau changed, and of SSC (its budget against top-1).
 
 For one model and T, on the test set: BS; BS with one layer's tau changed (``--layer``, ``--taus``);
 SSC (r = 1.0) from BS, with the joint check of ``tune`` (S of the rebuilt SNN on the search samples
@@ -15,17 +15,13 @@ while its top-1 and agreement drop.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import CALIB, model_path, parser, test_set, tune
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, limit=10000)
     ap.add_argument("--model", default="resnet20_fmnist")
     ap.add_argument("--T", type=int, default=4)
     ap.add_argument("--layer", default="/layers/layers.2/layers.2.2/relu2/Relu", help="the layer whose tau alone changes")
@@ -33,22 +29,19 @@ def main(argv=None):
     ap.add_argument("--grid", default="1:10:0.5", help="SSC tau grid")
     ap.add_argument("--search-samples", type=int, default=256)
     ap.add_argument("--folds", type=int, default=0, help="SSC: held-out budget over this many folds (0: the paper's rule)")
-    ap.add_argument("--limit", type=int, default=10000)
     ap.add_argument("--leave-one-in", action="store_true",
                     help="also evaluate BS with each layer SSC changed, alone at its chosen tau")
     args = ap.parse_args(argv)
 
-    from models.data import load_fmnist_test_npz
-    from onnx2burst.config import ConvertConfig
+    from onnx2burst import search as S
+    from onnx2burst.config import ConvertConfig, parse_grid
     from onnx2burst.convert import Converter
-    from onnx2burst.report.evaluate import evaluate
-    from onnx2burst.tuning import search as S
+    from onnx2burst.evaluation import evaluate
 
-    x, labels = load_fmnist_test_npz("full")
-    x, labels = x[: args.limit], labels[: args.limit]
-    ann = ROOT / "models" / "zoo" / f"{args.model}.onnx"
+    x, labels = test_set("full", args.limit)
+    ann = model_path(args.model)
     conv = Converter(ann, ConvertConfig(T=args.T, psi=4))
-    data = conv.load_data(ROOT / "models" / "data" / "fmnist_calib.npz")
+    data = conv.load_data(CALIB)
     stats = conv.activation_stats(data, None)
     bs_settings = conv.settings()
     if args.layer not in bs_settings:
@@ -71,8 +64,8 @@ def main(argv=None):
         st[args.layer] = (st[args.layer][0], tau)
         row(f"BS, {'/'.join(args.layer.split('/')[-3:-1])} tau {tau:g}", S.rebuild(conv, data, stats, st))
     t0 = time.perf_counter()
-    res = S.tune(conv, data, bsr=False, ssc=True, snn=bs, taus=S.parse_grid(args.grid), samples=args.search_samples,
-                 ssc_folds=args.folds)
+    res = tune(conv, data, snn=bs, bsr=False, ssc=True, tau_grid=parse_grid(args.grid), samples=args.search_samples,
+               ssc_folds=args.folds)
     ck = res.checks["ssc"]
     r_ssc = row(f"+SSC ({time.perf_counter() - t0:.0f} s)", res.model,
                 f"{ck.before:.4f} -> {ck.predicted:.4f} predicted, {ck.measured:.4f} rebuilt")
@@ -82,8 +75,8 @@ def main(argv=None):
 
 def leave_one_in(conv, data, stats, bs_settings, res, ann, test, r_bs, r_ssc):
     """BS with one layer at the tau SSC chose for it, for each layer SSC changed."""
-    from onnx2burst.report.evaluate import evaluate
-    from onnx2burst.tuning import search as S
+    from onnx2burst import search as S
+    from onnx2burst.evaluation import evaluate
 
     tab = res.measurements["ssc"].tau
     j1 = tab.column(1.0)

@@ -1,4 +1,4 @@
-// BurstIF kernel (ALGORITHM.md §2). Per neuron, with theta = tau * vth[c] and u = 0:
+// BurstIF kernel (docs/method.md §2). Per neuron, with theta = tau * vth[c] and u = 0:
 //   for t: u = u + X[t] + theta/(2T); s = clip(floor(u/theta), 0, psi); u = u - s*theta; Y[t] = s*theta
 // float32 in exactly this order (built with -ffp-contract=off), so it matches the numpy
 // reference and the standard-op fallback bit for bit. theta <= 0 never fires (Y = 0).

@@ -1,4 +1,4 @@
-// BurstIF: burst integrate-and-fire over a time-folded batch (ALGORITHM.md §2).
+// BurstIF: burst integrate-and-fire over a time-folded batch (docs/method.md §2).
 // Domain "onnx2burst", version 1. Inputs X [T*N, C, ...] float32, vth [C] or [1] float32.
 // Attributes T >= 1, psi >= 1, tau > 0 (default 1). Outputs Y (like X), optional spikes [N].
 // Optional attribute channel_block b >= 1 (default 1): X holds onnxruntime's blocked NCHWc

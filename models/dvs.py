@@ -31,7 +31,7 @@ Events are returned sorted by (sample, t); ``t`` in integer microseconds, ``p`` 
 for ON and 0 for OFF. Single streams use the tonic-style structured dtype
 :data:`EVENT_DTYPE` (fields x, y, t, p).
 
-Voxel grid (ALGORITHM.md section 9): B time bins x 2 polarities = 2B channels,
+Voxel grid (docs/method.md section 9): B time bins x 2 polarities = 2B channels,
 channel ``p*B + b`` (OFF bins first, then ON bins, the layout of the authors' code).
 Each event adds 1 to its (polarity, bin, y, x) cell, so the grid's total mass is the
 number of events. Bins split the recording window ``[t_start, t_end]`` evenly (for

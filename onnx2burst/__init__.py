@@ -1,6 +1,6 @@
 """onnx2burst: ANN-to-SNN conversion of ONNX graphs with burst spikes (Wang et al., arXiv 2311.14265).
 
-The method is specified in ALGORITHM.md; section numbers (§) in docstrings refer to it.
+The method as implemented is in docs/method.md; section numbers (§) in docstrings refer to it.
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ except Exception:  # noqa: BLE001 - running from a source tree that was never in
     __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__", "convert", "Converter", "ConversionResult", "ConvertConfig", "CalibrationConfig",
-           "ThresholdConfig", "LayerConfig", "ImageOptions", "Onnx2BurstError"]
+           "ThresholdConfig", "LayerConfig", "ImageOptions", "SearchConfig", "GuardConfig", "Onnx2BurstError"]
 
 # Imported on first use, so that `import onnx2burst` (and the CLI's --help) stays instant.
 _LAZY = {
     "convert": "onnx2burst.convert", "Converter": "onnx2burst.convert", "ConversionResult": "onnx2burst.convert",
     "ConvertConfig": "onnx2burst.config", "CalibrationConfig": "onnx2burst.config",
     "ThresholdConfig": "onnx2burst.config", "LayerConfig": "onnx2burst.config", "ImageOptions": "onnx2burst.config",
+    "SearchConfig": "onnx2burst.config", "GuardConfig": "onnx2burst.config",
     "Onnx2BurstError": "onnx2burst.errors",
 }
 

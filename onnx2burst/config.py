@@ -16,8 +16,9 @@ from typing import Mapping
 
 from .errors import ConfigError
 
-__all__ = ["MAXPOOL_MODES", "THRESHOLD_METHODS", "LayerConfig", "ThresholdConfig", "ImageOptions",
-           "CalibrationConfig", "ConvertConfig"]
+__all__ = ["MAXPOOL_MODES", "THRESHOLD_METHODS", "ENERGY_MODES", "GUARD_MODES", "DEFAULT_TAU_GRID", "LayerConfig",
+           "ThresholdConfig", "ImageOptions", "CalibrationConfig", "ConvertConfig", "GuardConfig", "SearchConfig",
+           "parse_grid"]
 
 #: MaxPool handling (§3). "lateral" (the default: measured best, see ``onnx2burst.graph.maxpool``):
 #: lateral inhibition, each window passes its input with the most spikes so far; "spikes": keep
@@ -26,6 +27,14 @@ MAXPOOL_MODES = ("lateral", "spikes", "avg")
 #: Threshold rule (§4). "search": the 95-candidate error search; "max": theta = channel max
 #: (plain max-normalisation, the classic baseline).
 THRESHOLD_METHODS = ("search", "max")
+#: E_i(k) of the search (§7): a layer's spikes per sample, or its synaptic operations.
+ENERGY_MODES = ("spikes", "synops")
+#: SSC guard (§10): rebuild and check the whole model, or check each changed layer alone.
+GUARD_MODES = ("model", "layer")
+#: SSC's tau candidates (§8): 1.0, 1.5, ..., 10.0.
+DEFAULT_TAU_GRID = "1:10:0.5"
+#: the most candidates a tau grid may hold (each costs one run of every layer's suffix).
+MAX_GRID = 1000
 
 
 def _check_int(name: str, value, lo: int) -> None:
@@ -33,13 +42,40 @@ def _check_int(name: str, value, lo: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
 
 
-def _check_pos(name: str, value) -> None:
+def _check_pos(name: str, value, *, zero: bool = False) -> None:
     try:
-        ok = math.isfinite(float(value)) and float(value) > 0
+        ok = math.isfinite(float(value)) and (float(value) >= 0 if zero else float(value) > 0)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number {'>=' if zero else '>'} 0, got {value!r}")
+
+
+def parse_grid(spec: str) -> tuple[float, ...]:
+    """``"1:10:0.5"`` (start:stop:step, stop included), ``"1,1.5,3"``, or a comma list mixing
+    both (``"1:3:0.1,3.5:10:0.5"``) -> sorted unique finite values > 0, at most 1000."""
+    vals: list[float] = []
+    bad = ConfigError(f"--tau-grid {spec!r}: expected start:stop:step (e.g. 1:10:0.5), a comma list, "
+                      f"or both (1:3:0.1,3.5:10:0.5) of finite numbers > 0, at most {MAX_GRID} values")
+    try:
+        for part in (p.strip() for p in str(spec).split(",")):
+            if not part:
+                continue
+            if ":" in part:
+                a, b, s = (float(v) for v in part.split(":"))
+                if not all(math.isfinite(v) for v in (a, b, s)) or s <= 0 or b < a:
+                    raise ValueError
+                n = int(math.floor((b - a) / s + 1e-9)) + 1
+                if n + len(vals) > MAX_GRID:
+                    raise ValueError
+                vals += [round(a + i * s, 10) for i in range(n)]
+            else:
+                vals.append(float(part))
+    except ValueError:
+        raise bad from None
+    if not vals or len(vals) > MAX_GRID or any(not (math.isfinite(v) and v > 0) for v in vals):
+        raise bad
+    return tuple(sorted(set(vals)))
 
 
 @dataclass(frozen=True)
@@ -188,3 +224,115 @@ class ConvertConfig:
         merged = dict(self.layers)
         merged.update(layers)
         return dataclasses.replace(self, layers=merged)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """SSC's decision guard (docs/method.md §10): check SSC's choice against the ANN's class
+    on held-out inputs.
+
+    data: the guard inputs (anything ``onnx2burst.data.load_data`` reads; labels not needed;
+    not the calibration samples), of which the first ``samples`` are used. mode "model": the
+    chosen SNN is rebuilt and run whole; if it loses more than ``tol`` points of agreement with
+    the ANN against the SNN SSC started from, SSC backs off along its frontier (at most
+    ``checks`` rebuilds). mode "layer": each changed layer alone must not lose more than ``z``
+    standard errors of agreement, else that tau is forbidden and SSC chooses again.
+    """
+
+    data: object
+    samples: int = 4096
+    mode: str = "model"
+    tol: float = 0.5
+    checks: int = 8
+    z: float = 2.0
+
+    def __post_init__(self):
+        if self.data is None:
+            raise ConfigError("--guard-data: the guard needs data")
+        _check_int("--guard-samples", self.samples, 2)
+        if self.mode not in GUARD_MODES:
+            raise ConfigError(f"--guard-mode must be one of {GUARD_MODES}, got {self.mode!r}")
+        _check_pos("--guard-tol", self.tol, zero=True)
+        _check_int("--guard-checks", self.checks, 1)
+        _check_pos("--guard-z", self.z, zero=True)
+
+    @property
+    def tol_fraction(self) -> float:
+        """``tol`` as a fraction of the samples (points / 100)."""
+        return self.tol / 100
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """BSR and SSC (docs/method.md §6-§8, §10): what to search and how.
+
+    bsr / ssc: run Burst Spike Reallocation (psi per layer, candidates 1..``psi_max``, within
+    ``energy_ratio`` x the energy of uniform ``psi_target``, default the SNN's psi) and/or
+    Sensitivity Spike Compression (tau per layer from ``tau_grid``, which must hold 1.0,
+    within ``r`` x the sensitivity at tau = 1). ssc_z: count each tau at S + z standard errors;
+    ssc_folds (0 or >= 2): lower r to what holds on held-out folds of the search samples (one
+    of the two at most; 0 and 0 are the paper's rule). energy: E_i(k) as ``"spikes"`` or
+    ``"synops"``. samples: the first this many calibration samples measure the tables.
+    batch_size: samples per onnxruntime run of the search (None: 32; the sensitivity's mean
+    correction is per batch, so it is part of the result). kernel: use the C++ kernel (None:
+    when built). guard: SSC's decision guard, or None.
+    """
+
+    bsr: bool = False
+    ssc: bool = False
+    psi_max: int = 8
+    psi_target: int | None = None
+    energy_ratio: float = 1.0
+    tau_grid: tuple[float, ...] | str = DEFAULT_TAU_GRID
+    r: float = 1.0
+    ssc_z: float = 0.0
+    ssc_folds: int = 0
+    energy: str = "spikes"
+    samples: int = 256
+    batch_size: int | None = None
+    kernel: bool | None = None
+    guard: GuardConfig | None = None
+
+    #: the search's batch size when none is given (measured fastest per sample for the tails)
+    DEFAULT_BATCH = 32
+
+    def __post_init__(self):
+        grid = parse_grid(self.tau_grid) if isinstance(self.tau_grid, str) else \
+            parse_grid(",".join(repr(float(t)) for t in self.tau_grid))
+        object.__setattr__(self, "tau_grid", grid)
+        _check_int("--psi-max", self.psi_max, 1)
+        if self.psi_max > 64:
+            raise ConfigError(f"--psi-max must be at most 64, got {self.psi_max}")
+        if self.psi_target is not None:
+            _check_int("--psi-target", self.psi_target, 1)
+            if self.psi_target > self.psi_max:
+                raise ConfigError(f"--psi-target {self.psi_target} is above --psi-max {self.psi_max}")
+        _check_pos("--energy-ratio", self.energy_ratio)
+        _check_pos("--r", self.r)
+        _check_pos("--ssc-z", self.ssc_z, zero=True)
+        _check_int("--ssc-folds", self.ssc_folds, 0)
+        if self.ssc_folds == 1:
+            raise ConfigError("--ssc-folds must be 0 (off) or at least 2")
+        if self.ssc_folds and self.ssc_z:
+            raise ConfigError("give one of --ssc-z and --ssc-folds, not both")
+        if self.energy not in ENERGY_MODES:
+            raise ConfigError(f"--energy must be one of {ENERGY_MODES}, got {self.energy!r}")
+        _check_int("--search-samples", self.samples, 1)
+        if self.batch_size is not None:
+            _check_int("--batch-size", self.batch_size, 1)
+        if self.ssc and not any(math.isclose(t, 1.0) for t in self.tau_grid):
+            raise ConfigError(f"--tau-grid must include 1.0 (the SSC budget is r * sum S_i(tau=1)), "
+                              f"got {list(self.tau_grid)}")
+        if self.guard is not None and not isinstance(self.guard, GuardConfig):
+            raise ConfigError(f"guard must be a GuardConfig, got {type(self.guard).__name__}")
+        if self.guard is not None and not self.ssc:
+            raise ConfigError("--guard-data guards SSC's choice: give --ssc too")
+
+    @property
+    def search_batch(self) -> int:
+        return self.batch_size or self.DEFAULT_BATCH
+
+    @property
+    def any(self) -> bool:
+        """Whether there is anything to search."""
+        return self.bsr or self.ssc

@@ -46,9 +46,9 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .calibration.data import CalibrationSet, input_specs, load_calibration
-from .calibration.progress import NullProgress
-from .config import CalibrationConfig, ConvertConfig, ThresholdConfig
+from .data import CalibrationSet, input_specs, load_data
+from .progress import NullProgress
+from .config import CalibrationConfig, ConvertConfig, SearchConfig, ThresholdConfig
 from .errors import ConfigError, GraphError, UnsupportedModelError
 from .graph import Canonical, canonicalize
 from .io import file_sha256, load_model, model_sha256, read_external_data
@@ -153,10 +153,10 @@ class Converter:
                                    f"{c.samples} samples)")
 
     def load_data(self, calib) -> CalibrationSet:
-        """Read and check calibration data against the model's inputs (``calibration.data``)."""
+        """Read and check calibration data against the model's inputs (``onnx2burst.data``)."""
         c = self.calibration
-        return load_calibration(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
-                                image=c.image, max_memory=c.max_memory)
+        return load_data(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
+                         image=c.image, max_memory=c.max_memory)
 
     def settings(self, psi: Mapping[str, int] | None = None, tau: Mapping[str, float] | None = None) \
             -> dict[str, tuple[int, float]]:
@@ -285,24 +285,27 @@ _CALIB_FIELDS = {f.name for f in dataclasses.fields(CalibrationConfig)}
 
 
 def convert(model: str | os.PathLike | onnx.ModelProto, calib, T: int | None = None, psi: int | None = None,
-            tau: float | None = None, *, config: ConvertConfig | None = None, progress=None,
-            **options) -> onnx.ModelProto:
+            tau: float | None = None, *, config: ConvertConfig | None = None, search: SearchConfig | None = None,
+            progress=None, **options) -> onnx.ModelProto:
     """Convert a ReLU ANN (path or ModelProto) into a burst-spiking SNN ModelProto.
 
     calib: a .npy/.npz path, an image folder, an array, a dict of arrays, or a reader/iterable
-    of input dicts (see ``onnx2burst.calibration.data``). T/psi/tau: override ``config``.
+    of input dicts (see ``onnx2burst.data``). T/psi/tau: override ``config``.
     options: any other ``ConvertConfig`` field (``maxpool``, ``per_timestep_output``,
     ``bias_calibration``, ``allow_inexact``, ``layers``, ``thresholds``) or
     ``CalibrationConfig`` field (``samples``, ``batch_size``, ``seed``, ``threads``,
     ``kernel``, ``cache_mb``, ``image``, ``max_memory``: refuse, before running anything, a
     model whose declared sizes and this plan need more memory than this, e.g. ``"8G"``;
-    default: the memory available).
+    default: the memory available). search: a ``SearchConfig`` with ``bsr`` and/or ``ssc``
+    set: per-layer psi/tau are searched after the conversion (``onnx2burst.search.tune``).
 
     Example::
 
         import onnx2burst
         snn = onnx2burst.convert("vgg.onnx", "calib.npz", T=8, psi=4)
         onnx2burst.io.save_model(snn, "vgg.snn.onnx")
+        tuned = onnx2burst.convert("vgg.onnx", "calib.npz", T=8, psi=4,
+                                   search=onnx2burst.SearchConfig(bsr=True, ssc=True))
     """
     config = config or ConvertConfig()
     top = {k: v for k, v in (("T", T), ("psi", psi), ("tau", tau)) if v is not None}
@@ -315,7 +318,13 @@ def convert(model: str | os.PathLike | onnx.ModelProto, calib, T: int | None = N
     if cal_opts:
         cfg_opts["calibration"] = dataclasses.replace(config.calibration, **cal_opts)
     config = dataclasses.replace(config, **top, **cfg_opts)
-    return Converter(model, config).run(calib, progress).model
+    conv = Converter(model, config)
+    if search is None or not search.any:
+        return conv.run(calib, progress).model
+    from .search import tune
+
+    data = conv.load_data(calib)
+    return tune(conv, data, search, snn=conv.run(data, progress).model, progress=progress).model
 
 
 class _CallableModule(types.ModuleType):

@@ -40,7 +40,7 @@ class GraphError(Onnx2BurstError):
 
 
 class UnsupportedModelError(GraphError):
-    """Ops between neurons that cannot be converted exactly (ALGORITHM.md §3).
+    """Ops between neurons that cannot be converted exactly (docs/method.md §3).
 
     ``issues`` is a list of ``(node name, op type, reason)``; pass ``allow_inexact=True``
     (``--allow-inexact``) to convert anyway (they then run per timestep).

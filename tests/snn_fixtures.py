@@ -1,4 +1,4 @@
-"""A tiny hand-built ANN and its SNN (ALGORITHM.md §1), independent of the converter.
+"""A tiny hand-built ANN and its SNN (docs/method.md §1), independent of the converter.
 
 ANN: x[N,1,8,8] -> conv1(1->4, 3x3, pad 1) -> relu1 -> conv2(4->4, 3x3, pad 1) -> + relu1
 -> relu2 -> avgpool 2x2/2 -> flatten -> gemm1(64->16) -> relu3 -> gemm2(16->3).
@@ -123,7 +123,7 @@ def snn_model(T: int = 4, psi: int = 2, seed: int = 0, vth: dict | None = None,
 
 def reference_run(snn: onnx.ModelProto, x: np.ndarray):
     """(logits [N,3], spikes per layer [N]) via onnxruntime, the kernel when built."""
-    from onnx2burst.tuning.energy import with_spike_outputs
+    from onnx2burst.evaluation.energy import with_spike_outputs
 
     m, _ = with_spike_outputs(snn)
     sess = ops.make_session(m)

@@ -1,14 +1,17 @@
 """benchmarks/search_acceptance.py: the issue's bounds, the sample draws and the summary."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from onnx2burst.calibration.data import CalibrationSet
+from onnx2burst.data import CalibrationSet
 
-_spec = importlib.util.spec_from_file_location(
-    "search_acceptance", Path(__file__).resolve().parent.parent / "benchmarks" / "search_acceptance.py")
+_BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+if str(_BENCH) not in sys.path:  # the scripts import benchmarks/common.py as `common`
+    sys.path.insert(0, str(_BENCH))
+_spec = importlib.util.spec_from_file_location("search_acceptance", _BENCH / "search_acceptance.py")
 A = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(A)
 

@@ -1,4 +1,4 @@
-"""Fanouts, MACs, spike counts and the energy estimate of ALGORITHM.md §7."""
+"""Fanouts, MACs, spike counts and the energy estimate of docs/method.md §7."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx2burst import ops
-from onnx2burst.tuning import energy
+from onnx2burst.evaluation import energy
+from onnx2burst.snn import read_snn
 from snn_fixtures import ANALOG_MACS, ANN_MACS, FANOUT, ann_model, reference_run, sample_data, snn_model
 
 
@@ -71,11 +72,11 @@ def test_spike_outputs_count_bursts_fully():
 
 def test_spike_outputs_added_when_missing():
     snn = snn_model(T=2, psi=1)
-    node = energy.burst_nodes(snn)[2]
+    node = [n.node for n in read_snn(snn).neurons][2]
     del node.output[1]
     m, names = energy.with_spike_outputs(snn)
     assert names[2] == "relu3_spikes"
-    assert energy.burst_nodes(m)[2].output[1] == "relu3_spikes"
+    assert [n.node for n in read_snn(m).neurons][2].output[1] == "relu3_spikes"
 
 
 def _one_receiver_model(consumer_nodes, inits, cshape=(1, 4, 8, 8)):

@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from onnx2burst.cli import main
-from onnx2burst.report import evaluate, load_dataset
-from onnx2burst.tuning.sensitivity import mean_symmetric_kl
+from onnx2burst.data import load_data
+from onnx2burst.evaluation import evaluate
+from onnx2burst.evaluation.metrics import mean_symmetric_kl
 from snn_fixtures import ANALOG_MACS, ANN_MACS, FANOUT, ann_model, reference_run, sample_data, snn_model
 
 
@@ -77,7 +78,7 @@ def test_cli_errors(files, tmp_path):
     np.savez(tmp_path / "bad.npz", a=np.zeros(3), b=np.zeros(3))
     res = CliRunner().invoke(main, ["eval", str(d / "ann.onnx"), str(d / "snn.onnx"),
                                     "--data", str(tmp_path / "bad.npz")])
-    assert res.exit_code != 0 and "no input array" in res.output
+    assert res.exit_code != 0 and "bad.npz: has arrays ['a', 'b']" in res.output and "missing: ['x']" in res.output
     res = CliRunner().invoke(main, ["eval", str(d / "ann.onnx"), str(d / "ann.onnx"),
                                     "--data", str(d / "data.npz")])
     assert res.exit_code != 0 and "no BurstIF" in res.output
@@ -87,9 +88,12 @@ def test_cli_errors(files, tmp_path):
     assert res.exit_code == 1 and "not a readable ONNX model" in res.output
 
 
-def test_load_dataset_forms(files):
+def test_load_data_forms(files):
+    """Evaluation reads its data through the one data path: pairs, arrays, .npz with labels."""
     d, x, y = files
-    assert load_dataset((x, y)).labels.dtype == np.int64
-    assert load_dataset(x).labels is None
-    ds = load_dataset(d / "data.npz")
-    assert [b.shape[0] for b, _ in ds.batches(40)] == [40, 40, 20]
+    ann = onnx.load(d / "ann.onnx")
+    assert (load_data((x, y), ann).labels == y).all()
+    assert load_data(x, ann).labels is None
+    ds = load_data(d / "data.npz", ann)
+    assert [next(iter(b.values())).shape[0] for b in ds.batches(40)] == [40, 40, 20]
+    assert len(load_data(d / "data.npz", ann, samples=30)) == 30

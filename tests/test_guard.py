@@ -1,4 +1,4 @@
-"""SSC's decision guard (onnx2burst.tuning.guard): the probe against the changed SNN, the
+"""SSC's decision guard (onnx2burst.search.guard): the probe against the changed SNN, the
 loop against brute force over what it leaves allowed, and the CLI."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from onnx import numpy_helper
 
 from onnx2burst.cli import main
 from onnx2burst.errors import ConfigError
-from onnx2burst.tuning import search as S
-from onnx2burst.tuning.guard import AgreementProbe, ModelProbe, backed_off_ssc, guarded_ssc, masked
+from onnx2burst import search as S
+from onnx2burst.config import GuardConfig, SearchConfig
+from onnx2burst.search.guard import AgreementProbe, ModelProbe, backed_off_ssc, guarded_ssc, masked
 from snn_fixtures import ann_model, reference_run, sample_data, snn_model
 
 T, PSI = 4, 2
@@ -258,8 +259,8 @@ def test_cli_search_with_the_model_guard(tmp_path, toy):
     ann, snn, x, *_ = toy
     out = _search_files(tmp_path, ann, x)
     res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
-                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr",
-                                    "--taus", "1,1.5,2,3,4,6", "--samples", "32", "--r", "3", "--r-sweep", "",
+                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--ssc",
+                                    "--tau-grid", "1,1.5,2,3,4,6", "--search-samples", "32", "--r", "3", "--r-sweep", "",
                                     "--guard-data", str(tmp_path / "guard.npz"), "--guard-tol", "0",
                                     "-o", str(tmp_path / "tuned.onnx"), "-q"])
     assert res.exit_code == 0, res.output
@@ -270,7 +271,7 @@ def test_cli_search_with_the_model_guard(tmp_path, toy):
     kept = [st for st in g["steps"] if st["point"] == g["point"]]
     assert (kept and kept[0]["loss"] <= 0) or g["point"] == g["points"]
     tuned = onnx.load(tmp_path / "tuned.onnx")
-    from onnx2burst.tuning.guard import ModelProbe as MP
+    from onnx2burst.search.guard import ModelProbe as MP
 
     meta = {p.key: p.value for p in tuned.metadata_props}
     assert json.loads(meta["onnx2burst.search"])["ssc"]["guard"]["mode"] == "model"
@@ -298,10 +299,10 @@ def test_tune_rejects_bad_guard_settings_before_measuring(tmp_path, toy):
     np.savez(tmp_path / "calib.npz", x=sample_data(16, seed=1))
     conv = Converter(tmp_path / "ann.onnx", ConvertConfig(T=T, psi=PSI))
     data = conv.load_data(tmp_path / "calib.npz")
-    for kw, msg in (({"guard_mode": "nope"}, "guard mode"), ({"guard_tol": -0.1}, "tolerance"),
-                    ({"guard_checks": 0}, "at least 1 check")):
+    for kw, msg in (({"mode": "nope"}, "--guard-mode"), ({"tol": -0.1}, "--guard-tol"),
+                    ({"checks": 0}, "--guard-checks")):
         with pytest.raises(ConfigError, match=msg):
-            S.tune(conv, data, bsr=False, snn=snn, guard=x, taus=(1.0, 2.0), **kw)
+            S.tune(conv, data, SearchConfig(ssc=True, tau_grid=(1.0, 2.0), guard=GuardConfig(data=x, **kw)), snn=snn)
 
 
 def test_probe_errors(toy):
@@ -327,8 +328,8 @@ def test_cli_search_with_a_guard(tmp_path, toy):
     ann, snn, x, *_ = toy
     out = _search_files(tmp_path, ann, x)
     res = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
-                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--no-bsr", "--taus", "1,2,4",
-                                    "--samples", "32", "--r-sweep", "1", "--guard-data", str(tmp_path / "guard.npz"),
+                                    "--T", str(T), "--psi", str(PSI), "--out", str(out), "--ssc", "--tau-grid", "1,2,4",
+                                    "--search-samples", "32", "--r-sweep", "1", "--guard-data", str(tmp_path / "guard.npz"),
                                     "--guard-samples", "64", "--guard-mode", "layer", "--guard-z", "0", "-q"])
     assert res.exit_code == 0, res.output
     assert "SSC guard" in res.output
@@ -348,9 +349,9 @@ def test_cli_search_with_a_guard(tmp_path, toy):
     assert bad.exit_code != 0 and "missing.npz" in bad.output
     np.savez(tmp_path / "wrong.npz", foo=np.zeros(3))
     bad = CliRunner().invoke(main, ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
-                                    "--out", str(out), "--no-bsr", "--taus", "1,2", "--samples", "8", "--r-sweep", "",
+                                    "--out", str(out), "--ssc", "--tau-grid", "1,2", "--search-samples", "8", "--r-sweep", "",
                                     "--guard-data", str(tmp_path / "wrong.npz"), "-q"])
-    assert bad.exit_code == 1 and "wrong.npz: no input array" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and "wrong.npz: input 'x' has shape [3]" in bad.output and "Traceback" not in bad.output
 
 
 def test_cli_convert_with_a_guard(tmp_path, toy):

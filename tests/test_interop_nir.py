@@ -57,7 +57,7 @@ def simulate(graph, x, T, reset="zero", fire="gt"):
 
     Each node gets the sum of its predecessors' outputs at this step. IF: ``v += r*I``; a spike
     where ``v > v_threshold`` (``fire="ge"``: ``>=``, as BurstIF); then ``v = v_reset`` (NIR) or,
-    with ``reset="subtract"``, ``v -= v_threshold`` (BurstIF, ALGORITHM.md §2).
+    with ``reset="subtract"``, ``v -= v_threshold`` (BurstIF, docs/method.md §2).
     """
     preds = defaultdict(list)
     for s, d in graph.edges:

@@ -1,4 +1,4 @@
-"""Lateral-inhibition max pooling (``--maxpool lateral``, ALGORITHM.md §3): the standard-op
+"""Lateral-inhibition max pooling (``--maxpool lateral``, docs/method.md §3): the standard-op
 subgraph against a numpy statement of the rule, and the converted SNN against the ANN."""
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_lateral_pooling_runs_without_the_kernel_and_in_the_reference_evaluator(
 
 def test_lateral_pooling_counts_synops_like_maxpool():
     """The running sums are indices, not spikes: the fanout equals the per-step MaxPool's."""
-    from onnx2burst.tuning.energy import energy_model
+    from onnx2burst.evaluation.energy import energy_model
 
     m = fm.maxpool_net()
     calib = fm.inputs(m, 32, seed=7)

@@ -1,4 +1,4 @@
-"""BurstIF (ALGORITHM.md §2): the numpy reference, the C++ kernel, the standard-op fallback in
+"""BurstIF (docs/method.md §2): the numpy reference, the C++ kernel, the standard-op fallback in
 onnxruntime and in onnx.reference must agree bit for bit."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The exact Pareto DP of ALGORITHM.md §8 against brute-force enumeration."""
+"""The exact Pareto DP of docs/method.md §8 against brute-force enumeration."""
 from __future__ import annotations
 
 import itertools
@@ -7,7 +7,7 @@ import math
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from onnx2burst.tuning.pareto import InfeasibleBudgetError, pareto_select
+from onnx2burst.search.pareto import InfeasibleBudgetError, pareto_select
 
 values = st.floats(min_value=0.0, max_value=10.0, allow_nan=False, allow_infinity=False)
 

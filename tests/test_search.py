@@ -1,4 +1,4 @@
-"""Sensitivity tables and the BSR/SSC searches (ALGORITHM.md §6-§8) on the toy SNN."""
+"""Sensitivity tables and the BSR/SSC searches (docs/method.md §6-§8) on the toy SNN."""
 from __future__ import annotations
 
 import itertools
@@ -12,9 +12,17 @@ from onnx import helper, numpy_helper
 
 from onnx2burst.cli import main
 from onnx2burst.errors import ConfigError
-from onnx2burst.tuning import search as S
-from onnx2burst.tuning.sensitivity import mean_symmetric_kl
+from onnx2burst import search as S
+from onnx2burst.config import SearchConfig, parse_grid
+from onnx2burst.search import DEFAULT_TAUS
+from onnx2burst.search.graphs import mean_corrected
+from onnx2burst.snn import read_snn
+from onnx2burst.evaluation.metrics import mean_symmetric_kl
 from snn_fixtures import ann_model, reference_run, sample_data, snn_model
+
+
+def _burst_nodes(model):
+    return [n.node for n in read_snn(model).neurons]
 
 T, PSI = 4, 2
 PSIS = (1, 2, 3)
@@ -53,7 +61,7 @@ def test_matches_the_changed_snn(setup, layer, kind, value):
 @pytest.mark.parametrize("layer,value", [("relu1", 3.0), ("relu2", 1.5)])
 def test_standard_error_of_the_paired_difference(setup, layer, value):
     """se[i, k]: std of (sample KL with layer i changed - sample KL of the baseline) / sqrt(n)."""
-    from onnx2burst.tuning.sensitivity import symmetric_kl
+    from onnx2burst.evaluation.metrics import symmetric_kl
 
     ann, snn, x, m, vth, a = setup
     base, _ = reference_run(snn, x)
@@ -81,7 +89,7 @@ def test_ssc_with_a_noise_margin(setup):
 
 def test_per_sample_kl_is_recorded(setup, layer="relu1", value=3.0):
     """Table.kl[i, k, n]: sample n's KL with layer i at candidate k; its mean is S."""
-    from onnx2burst.tuning.sensitivity import symmetric_kl
+    from onnx2burst.evaluation.metrics import symmetric_kl
 
     ann, snn, x, m, vth, a = setup
     changed, _ = reference_run(snn_model(T=T, psi=PSI, vth=vth, tau={layer: value}), x)
@@ -92,7 +100,7 @@ def test_per_sample_kl_is_recorded(setup, layer="relu1", value=3.0):
 
 
 def _kl_table(kl, spikes):
-    from onnx2burst.tuning.search import Table
+    from onnx2burst.search import Table
 
     L, J, _ = kl.shape
     return Table("tau", tuple(f"l{i}" for i in range(L)), (1.0, 2.0, 3.0)[:J], (1.0,) * L, kl.mean(-1), spikes,
@@ -216,13 +224,13 @@ def test_errors(setup):
 
 
 def test_parse_grid():
-    assert S.parse_grid("1:10:0.5") == S.DEFAULT_TAUS and len(S.DEFAULT_TAUS) == 19
-    assert S.parse_grid("2, 1,1.5") == (1.0, 1.5, 2.0)
-    fine = S.parse_grid("1:2:0.25,3:4:0.5, 7")
+    assert parse_grid("1:10:0.5") == DEFAULT_TAUS and len(DEFAULT_TAUS) == 19
+    assert parse_grid("2, 1,1.5") == (1.0, 1.5, 2.0)
+    fine = parse_grid("1:2:0.25,3:4:0.5, 7")
     assert fine == (1.0, 1.25, 1.5, 1.75, 2.0, 3.0, 3.5, 4.0, 7.0)
     for bad in ("1:0:1", "a,b", "0,1", "1:2:0", "1:2:0.5,x", ""):
         with pytest.raises(ConfigError):
-            S.parse_grid(bad)
+            parse_grid(bad)
 
 
 def test_tune_with_the_converter(tmp_path):
@@ -233,30 +241,28 @@ def test_tune_with_the_converter(tmp_path):
     conv = Converter(ann_model(), ConvertConfig(T=T, psi=PSI, calibration=CalibrationConfig(samples=64, batch_size=32,
                                                                                                threads=1)))
     data = conv.load_data(sample_data(64, seed=5))
-    res = S.tune(conv, data, psi_max=3, taus=(1.0, 1.5, 2.0), samples=32)
+    res = S.tune(conv, data, SearchConfig(bsr=True, ssc=True, psi_max=3, tau_grid=(1.0, 1.5, 2.0), samples=32))
     names = conv.analysis.neuron_names
     assert set(res.settings) == set(names) == set(res.bsr.choice) == set(res.ssc.choice)
     assert all(res.settings[n] == (res.bsr.choice[n], res.ssc.choice[n]) for n in names)
     assert res.measurements["bsr"].tau is None and res.measurements["ssc"].psi is None
     # SSC measured the SNN that BSR produced: its defaults are BSR's choice
     assert res.measurements["ssc"].tau.defaults == (1.0,) * len(names)
-    from onnx2burst.tuning.energy import burst_nodes
-
-    got = {n.name: next(a.i for a in n.attribute if a.name == "psi") for n in burst_nodes(res.model)}
+    got = {n.name: next(a.i for a in n.attribute if a.name == "psi") for n in _burst_nodes(res.model)}
     assert got == {n: res.bsr.choice[n] for n in names}
     # thresholds in the file: the §4 fit for the chosen settings
     fit = conv.fit_thresholds(data, None, res.settings)
     inits = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
-    for n in burst_nodes(res.model):
+    for n in _burst_nodes(res.model):
         np.testing.assert_array_equal(inits[n.input[1]], fit[n.name])
     # BSR alone reuses the thresholds fitted for the table: they must be the same fit
-    bsr_only = S.tune(conv, data, ssc=False, psi_max=3, samples=32)
+    bsr_only = S.tune(conv, data, SearchConfig(bsr=True, psi_max=3, samples=32))
     assert bsr_only.ssc is None and bsr_only.bsr.choice == res.bsr.choice
     # the SNN tune kept between BSR and SSC is the one BSR alone returns
     assert res.after_bsr.graph.SerializeToString() == bsr_only.model.graph.SerializeToString()
     fit = conv.fit_thresholds(data, None, bsr_only.settings)
     inits = {t.name: numpy_helper.to_array(t) for t in bsr_only.model.graph.initializer}
-    for n in burst_nodes(bsr_only.model):
+    for n in _burst_nodes(bsr_only.model):
         np.testing.assert_array_equal(inits[n.input[1]], fit[n.name])
     meta = {p.key: p.value for p in res.model.metadata_props}
     assert json.loads(meta["onnx2burst.search"])["settings"][names[0]]["psi"] == res.bsr.choice[names[0]]
@@ -264,7 +270,7 @@ def test_tune_with_the_converter(tmp_path):
               "total"):
         assert res.timings[k] >= 0
     # the joint checks: the rebuilt SNN's S on the search samples, next to the tables' sum
-    from onnx2burst.report.evaluate import evaluate
+    from onnx2burst.evaluation import evaluate
 
     for k, model in (("bsr", res.after_bsr), ("ssc", res.model)):
         ck, m, c = res.checks[k], res.measurements[k], getattr(res, k)
@@ -284,7 +290,7 @@ def test_cli(tmp_path):
     np.savez(tmp_path / "calib.npz", x=sample_data(48, seed=2))
     out = tmp_path / "report"
     args = ["search", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "--out", str(out),
-            "--T", "4", "--psi", "2", "--samples", "16", "--psi-max", "3", "--taus", "1:2:0.5",
+            "--T", "4", "--psi", "2", "--search-samples", "16", "--psi-max", "3", "--tau-grid", "1:2:0.5",
             "--threads", "1", "-q"]
     res = CliRunner().invoke(main, args + ["-o", str(tmp_path / "tuned.onnx")])
     assert res.exit_code == 0, res.output
@@ -304,30 +310,30 @@ def test_cli(tmp_path):
     assert "r sweep" in res.output and "sym. KL" in res.output and (out / "r_sweep.png").stat().st_size > 0
     y = np.argmax(ort.InferenceSession(ann_model().SerializeToString()).run(None, {"x": sample_data(24, seed=5)})[0], 1)
     np.savez(tmp_path / "test.npz", x=sample_data(24, seed=5), labels=y)
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "1,3", "--eval-data", str(tmp_path / "test.npz")])
+    res = CliRunner().invoke(main, args + ["--ssc", "--r-sweep", "1,3", "--eval-data", str(tmp_path / "test.npz")])
     assert res.exit_code == 0, res.output
     pts = json.loads((out / "search.json").read_text())["r_sweep"]["points"]
     assert [p["r"] for p in pts] == [1.0, 3.0] and all(p["top1"] == pytest.approx(p["agreement"]) for p in pts)
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "", "--ssc-z", "1"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--r-sweep", "", "--ssc-z", "1"])
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "search.json").read_text())
     assert "+ 1 SE" in doc["choices"]["ssc"]["budget_rule"] and doc["measurements"]["ssc"]["tau"]["se"]
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--ssc-z", "-1"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--ssc-z", "-1"])
     assert res.exit_code != 0 and "--ssc-z" in res.output
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "", "--ssc-folds", "2"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--r-sweep", "", "--ssc-folds", "2"])
     assert res.exit_code == 0, res.output
     assert "held out over 2 folds" in json.loads((out / "search.json").read_text())["choices"]["ssc"]["budget_rule"]
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--ssc-folds", "1"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--ssc-folds", "1"])
     assert res.exit_code != 0 and "folds" in res.output
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", "0,1"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--r-sweep", "0,1"])
     assert res.exit_code != 0 and "--r-sweep" in res.output
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--r-sweep", ""])
+    res = CliRunner().invoke(main, args + ["--ssc", "--r-sweep", ""])
     assert res.exit_code == 0 and json.loads((out / "search.json").read_text())["r_sweep"] is None
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--taus", "1.5,2"])
+    res = CliRunner().invoke(main, args + ["--ssc", "--tau-grid", "1.5,2"])
     assert res.exit_code != 0 and "1.0" in res.output
-    res = CliRunner().invoke(main, args + ["--no-bsr", "--no-ssc"])
-    assert res.exit_code != 0 and "nothing to do" in res.output
-    res = CliRunner().invoke(main, args + ["--no-ssc", "--json", "--energy", "synops"])
+    res = CliRunner().invoke(main, args + ["--psi-max", "65"])
+    assert res.exit_code != 0 and "--psi-max" in res.output
+    res = CliRunner().invoke(main, args + ["--bsr", "--json", "--energy", "synops"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     assert d["choices"]["bsr"]["energy"] == "synops" and "ssc" not in d["choices"]
@@ -349,7 +355,7 @@ def test_mean_correction_moves_each_channel_mean_to_the_baseline():
     for shape in [(12, 3, 4, 5), (10, 7)]:
         y = rng.normal(size=shape).astype(np.float32)
         base = (rng.normal(size=shape) + 2).astype(np.float32)
-        c = S._mean_corrected(y, base)
+        c = mean_corrected(y, base)
         axes = tuple(a for a in range(len(shape)) if a != 1)
         assert c.dtype == np.float32 and c.shape == y.shape
         np.testing.assert_allclose(c.mean(axis=axes), base.mean(axis=axes), rtol=1e-5, atol=1e-5)
@@ -376,7 +382,7 @@ def test_mean_correction_changes_only_changed_layers(setup):
 
 def _outputs(model, x, names):
     from onnx2burst import ops
-    from onnx2burst.tuning.energy import with_spike_outputs
+    from onnx2burst.evaluation.energy import with_spike_outputs
 
     m, _ = with_spike_outputs(model)
     have = {o.name for o in m.graph.output}

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 import onnx2burst
-from onnx2burst.calibration import load_calibration
+from onnx2burst.data import load_data
 from onnx2burst.cli import main
 from onnx2burst.config import CalibrationConfig, ConvertConfig, ImageOptions
 from onnx2burst.convert import Converter
@@ -31,7 +31,7 @@ from onnx2burst.errors import (CalibrationDataError, ConfigError, ModelLoadError
                                ResourceLimitError)
 from onnx2burst.io import PROTOBUF_LIMIT, load_model, save_model, write_file
 from onnx2burst.limits import estimate, parse_bytes
-from onnx2burst.report import evaluate
+from onnx2burst.evaluation import evaluate
 from tests import fixtures_models as fm
 
 MODEL = fm.residual()          # x: [N, 2, 6, 6] float32
@@ -81,7 +81,7 @@ def test_pickles_in_calibration_files_never_run(tmp_path):
     (tmp_path / "raw.npy").write_bytes(pickle.dumps({"x": _Payload(marker)}))
     for name in ("obj.npy", "obj.npz", "meta.npz", "raw.npy"):
         with pytest.raises(CalibrationDataError, match=rf"{name}.*pickle.*refused"):
-            load_calibration(tmp_path / name, MODEL)
+            load_data(tmp_path / name, MODEL)
     with pytest.raises(CalibrationDataError, match="pickle"):
         onnx2burst.convert(MODEL, tmp_path / "obj.npz", T=2)
     assert not marker.exists()
@@ -187,7 +187,7 @@ def test_max_memory_refuses_a_10e12_element_tensor(tmp_path, monkeypatch, no_ses
     ran = []
     monkeypatch.setattr(convert_module, "canonicalize", lambda *a, **k: ran.append("canonicalize"))
     monkeypatch.setattr(convert_module, "read_external_data", lambda *a, **k: ran.append("external data"))
-    monkeypatch.setattr(convert_module, "load_calibration", lambda *a, **k: ran.append("data"))
+    monkeypatch.setattr(convert_module, "load_data", lambda *a, **k: ran.append("data"))
     numbers = r"would need about \d+\.\d TiB \([\d,]+ bytes\), more than the limit of 8\.0 GiB \(8,589,934,592 bytes"
     with pytest.raises(ResourceLimitError, match=numbers) as e:
         onnx2burst.convert(path, fm.inputs(MODEL, 8), T=2, max_memory="8G")
@@ -258,15 +258,15 @@ def test_image_bomb_refused_from_its_header(tmp_path, monkeypatch):
     m = fm.maxpool_net()                                    # x: [N, 1, 8, 8]
     with pytest.raises(CalibrationDataError, match=r"bomb\.png: the image declares 10,000,000,000 pixels; the limit "
                                                    r"is 67,108,864 pixels .*refused before decoding"):
-        load_calibration(folder, m)
+        load_data(folder, m)
     (folder / "bomb.png").unlink()
     Image.fromarray(np.zeros((16, 12), np.uint8)).save(folder / "a.png")        # 192 pixels
     with pytest.raises(CalibrationDataError, match=r"a\.png: the image declares 192 pixels; the limit is 100 pixels"):
-        load_calibration(folder, m, image=ImageOptions(max_pixels=100))
+        load_data(folder, m, image=ImageOptions(max_pixels=100))
     with pytest.raises(CalibrationDataError, match=r"declares (12x16 = )?192 pixels; the limit is 191 pixels"):
-        load_calibration(folder, m, image=ImageOptions(max_pixels=191))
+        load_data(folder, m, image=ImageOptions(max_pixels=191))
     assert not decoded and Image.MAX_IMAGE_PIXELS == limit  # nothing decoded; Pillow's setting restored
-    assert len(load_calibration(folder, m, image=ImageOptions(max_pixels=192))) == 1
+    assert len(load_data(folder, m, image=ImageOptions(max_pixels=192))) == 1
 
 
 def test_numpy_bombs_refused_from_their_headers(tmp_path, monkeypatch):
@@ -279,7 +279,7 @@ def test_numpy_bombs_refused_from_their_headers(tmp_path, monkeypatch):
     with pytest.raises(ResourceLimitError, match=r"bomb\.npz: its arrays 'x' \[1000000000000, 2, 6, 6\] float32 "
                                                  r"need 261\.9 TiB \(288,000,000,000,000 bytes\) once decompressed, "
                                                  r"more than the limit .*refused before reading them"):
-        load_calibration(tmp_path / "bomb.npz", MODEL)
+        load_data(tmp_path / "bomb.npz", MODEL)
     assert not read
     with open(tmp_path / "sparse.npy", "wb") as f:            # 48 MB declared, none of it on disk
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
@@ -287,7 +287,7 @@ def test_numpy_bombs_refused_from_their_headers(tmp_path, monkeypatch):
         f.truncate(f.tell() + 48_000_000)
     with pytest.raises(ResourceLimitError, match=r"sparse\.npy: 10 samples of shape \[2, 6, 100000\] float32 need "
                                                  r"45\.8 MiB .*more than the limit of 1\.0 MiB .*refused before"):
-        load_calibration(tmp_path / "sparse.npy", MODEL, max_memory="1M")
+        load_data(tmp_path / "sparse.npy", MODEL, max_memory="1M")
 
 
 # ---------------------------------------------------------------- 4. safe output

@@ -1,10 +1,10 @@
-"""Symmetric KL of ALGORITHM.md §6."""
+"""Symmetric KL of docs/method.md §6."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from onnx2burst.tuning.sensitivity import KLMeter, log_softmax, mean_symmetric_kl, symmetric_kl
+from onnx2burst.evaluation.metrics import KLMeter, log_softmax, mean_symmetric_kl, symmetric_kl
 
 
 def direct(a, b):

@@ -1,6 +1,5 @@
 """The SNN files convert writes for the bundled models (plain, --bsr --ssc, the SSC guard) are
 bit for bit the recorded ones (tests/snn_hashes.py)."""
-import hashlib
 import json
 
 import pytest
@@ -27,5 +26,4 @@ def test_hash_changes_with_the_file(tmp_path, monkeypatch):
     """The check can fail: another T gives another file."""
     monkeypatch.chdir(snn_hashes.ROOT)
     monkeypatch.setitem(snn_hashes.CASES, "other", [a if a != "8" else "7" for a in snn_hashes.CASES["vgg_T8"]])
-    assert snn_hashes.convert_hash("other", tmp_path) != hashlib.sha256(b"").hexdigest()
     assert snn_hashes.convert_hash("other", tmp_path) != json.loads(snn_hashes.RECORD.read_text())["hashes"]["vgg_T8"]

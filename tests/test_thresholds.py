@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from onnx2burst.calibration import load_calibration
+from onnx2burst.data import load_data
 from onnx2burst.config import ThresholdConfig
 from onnx2burst.graph import canonicalize
 from onnx2burst.rewrite import analyze
@@ -54,7 +54,7 @@ def _setup(model, n=48, samples=512):
     c = canonicalize(model)
     a = analyze(c)
     x = fm.inputs(model, n, seed=3, low=-1, high=2)
-    return c, a, load_calibration(x, c.model, samples=samples), x
+    return c, a, load_data(x, c.model, samples=samples), x
 
 
 def test_conv_relu_thresholds_by_hand():

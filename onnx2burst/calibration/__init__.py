@@ -1,7 +1,5 @@
-"""Calibration plumbing: data readers (``load_calibration``), graph augmentation, the
-onnxruntime runner, streaming statistics, and progress reporting."""
-from .data import CalibrationSet, InputSpec, input_specs, load_calibration
-from .progress import NullProgress, Progress
+"""Calibration plumbing: graph augmentation, the onnxruntime runner, streaming statistics.
+(Data readers are in ``onnx2burst.data``, progress in ``onnx2burst.progress``.)"""
 from .runner import Runner
 
-__all__ = ["CalibrationSet", "InputSpec", "input_specs", "load_calibration", "NullProgress", "Progress", "Runner"]
+__all__ = ["Runner"]

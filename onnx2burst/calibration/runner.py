@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 
 from .. import ops
-from .data import CalibrationSet
+from ..data import CalibrationSet
 
 __all__ = ["Runner"]
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options, ssc_rule_options
+from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, search_options,
+                      snn_options)
 
 
 @click.command(name="convert")
@@ -21,26 +22,11 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Convert even when ops between neurons (Sigmoid, LRN, ...) cannot be converted exactly.")
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUTPUT.data (automatic above 2 GB).")
-@click.option("--bsr", is_flag=True, help="Burst Spike Reallocation: per-layer psi under the energy of uniform --psi (§8).")
-@click.option("--psi-max", type=click.IntRange(1, 64), default=8, show_default=True, help="Largest psi --bsr may choose.")
-@click.option("--energy-ratio", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="--bsr energy budget as a multiple of uniform --psi's.")
-@click.option("--ssc", is_flag=True, help="Sensitivity Spike Compression: per-layer tau under r x the sensitivity at tau=1 (§8).")
-@click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="--ssc sensitivity budget ratio.")
-@ssc_rule_options
-@click.option("--tau-grid", default="1:10:0.5", show_default=True,
-              help="--ssc tau candidates: start:stop:step, a comma list, or both (1:3:0.1,3.5:10:0.5: finer near 1).")
-@click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
-              help="Energy measure of the search.")
-@click.option("--search-samples", type=click.IntRange(1), default=256, show_default=True,
-              help="Calibration samples that measure sensitivities.")
+@search_options
 @click.option("--portable", is_flag=True, help="Inline BurstIF into standard ops (no custom domain in the file).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, bsr, psi_max,
-            energy_ratio, ssc, r, ssc_z, ssc_folds, guard_data, guard_samples, guard_mode, guard_tol,
-            guard_checks, guard_z, tau_grid, energy, search_samples,
-            portable, quiet, **kw):
+def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, portable, quiet,
+            **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
     Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
@@ -64,6 +50,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
 
         snn = build_snn(kw)
         source, calib = build_calibration(kw)
+        search = build_search(kw)
         cfg = ConvertConfig(**snn, per_timestep_output=per_timestep_output, bias_calibration=not no_bias_calibration,
                             allow_inexact=allow_inexact, calibration=calib)
         out = output or model.with_name(model.name[:-5] + ".snn.onnx" if model.name.endswith(".onnx")
@@ -74,16 +61,12 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         with progress.stage("analyse", 1) as st:
             conv = Converter(model, cfg)
             st.advance()
-        if bsr or ssc:
-            from onnx2burst.tuning import search as S
+        if search.any:
+            from onnx2burst.search import tune
 
             data = conv.load_data(source)
             result = conv.run(data, progress)
-            tuned = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=result.model, psi_max=psi_max, ratio=energy_ratio,
-                           taus=S.parse_grid(tau_grid), r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy,
-                           guard=guard_data, guard_samples=guard_samples, guard_z=guard_z,
-                           guard_mode=guard_mode, guard_tol=guard_tol / 100, guard_checks=guard_checks,
-                           samples=search_samples, progress=progress, show_progress=not quiet)
+            tuned = tune(conv, data, search, snn=result.model, progress=progress)
             final = tuned.model
         else:
             result = conv.run(source, progress)
@@ -96,7 +79,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             save_model(final, out, source=model, external_data=True if external_data else None)
             st.advance()
         _summary(result, out, time.perf_counter() - t0)
-        if bsr or ssc:
+        if search.any:
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
             if tuned.guard is not None:

@@ -12,7 +12,8 @@ from .options import max_memory_option
 @click.argument("ann", type=click.Path(exists=True, dir_okay=False))
 @click.argument("snn", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help=".npz with the inputs (under the input name, 'input' or 'x') and optional 'labels'.")
+              help=".npz with the inputs (under the input names, or 'input'/'x' for one input) and optional "
+                   "'labels', or .npy inputs.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
 @click.option("--limit", type=click.IntRange(1), help="Use only the first N samples.")
 @click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads (default: ORT's).")
@@ -27,21 +28,21 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
 
     Reports top-1 of both (when the data has labels), how often they agree, the mean
     symmetric KL between their softmax outputs, spikes per sample per layer, SynOps, the
-    energy estimate against the ANN's MACs (ALGORITHM.md §7) and ms per sample.
+    energy estimate against the ANN's MACs (docs/method.md §7) and ms per sample.
 
     \b
     Example:
       onnx2burst eval models/zoo/resnet20_fmnist.onnx resnet20.snn.onnx \\
           --data models/data/fmnist_test.npz --json
     """
-    from onnx2burst.report import evaluate
+    from onnx2burst.evaluation import evaluate
 
-    from .options import cli_errors
+    from .options import RichProgress, cli_errors
 
     try:
         with cli_errors():
             r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
-                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=not as_json, max_memory=max_memory)
+                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=RichProgress(enabled=not as_json), max_memory=max_memory)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

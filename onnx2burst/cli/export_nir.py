@@ -22,7 +22,7 @@ def export_nir(snn: Path, output: Path | None, lossy: bool):
     Add becomes two edges into the next node. The time expansion and the mean over T are
     not nodes: present the input at each of the T steps (metadata 'T') and average the
     output over them. NIR's IF resets to zero and spikes once per step, so the export
-    is exact only up to that: the lost parts are printed per layer (ALGORITHM.md §2).
+    is exact only up to that: the lost parts are printed per layer (docs/method.md §2).
 
     Needs the nir package: pip install 'onnx2burst[nir]'.
 

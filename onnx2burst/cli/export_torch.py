@@ -27,7 +27,7 @@ def export_torch(snn, output):
     if not os.path.isdir(out_dir):
         raise click.ClickException(f"output folder does not exist: {out_dir}")
     try:
-        from onnx2burst.torch import export
+        from onnx2burst.interop.torch import export
         export(snn, output)
     except click.ClickException:
         raise

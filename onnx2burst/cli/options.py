@@ -4,10 +4,12 @@ object they describe), the rich progress display, and the error boundary of comm
     @click.command()
     @snn_options
     @calibration_options()
+    @search_options
     def cmd(**kw):
         with cli_errors():
             source, calib = build_calibration(kw)     # (data source, CalibrationConfig)
             snn = build_snn(kw)                       # dict of ConvertConfig fields
+            search = build_search(kw)                 # SearchConfig
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from typing import Iterator
 
 import click
 
-__all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "ssc_rule_options", "build_snn",
-           "build_calibration", "parse_size", "parse_floats", "RichProgress", "cli_errors"]
+__all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "search_options", "build_snn",
+           "build_calibration", "build_search", "parse_size", "parse_floats", "RichProgress", "cli_errors"]
 
 
 def _compose(*decorators):
@@ -55,33 +57,6 @@ def parse_floats(value: str | None, name: str):
                                  param_hint=name) from None
 
 
-# How SSC spends its budget (ALGORITHM.md §8); convert --ssc and search share them.
-ssc_rule_options = _compose(
-    click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
-                 help="SSC noise margin: each tau counts at S + z standard errors of its measured gain, so that "
-                      "the budget is not spent on noise of the search samples (0: the paper's rule)."),
-    click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
-                 help="SSC held-out budget: lower r to what a choice made without each of K folds of the search "
-                      "samples keeps on that fold (0: the paper's rule; 4 is a good K)."),
-    click.option("--guard-data", "guard_data", type=click.Path(exists=True, dir_okay=False), default=None,
-                 metavar="DATA",
-                 help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
-                      "calibration samples) on which SSC's choice must keep the SNN's agreement with the ANN. "
-                      "--guard-mode model: the chosen SNN is rebuilt and run whole, and if it loses more than "
-                      "--guard-tol points, SSC backs off along its frontier; layer: each changed layer alone must "
-                      "not lose more than --guard-z standard errors, else that tau is forbidden."),
-    click.option("--guard-samples", "guard_samples", type=click.IntRange(2), default=4096, show_default=True,
-                 help="Use the first N inputs of --guard-data."),
-    click.option("--guard-mode", "guard_mode", type=click.Choice(["model", "layer"]), default="model",
-                 show_default=True, help="Check the whole rebuilt SNN (model) or each changed layer (layer)."),
-    click.option("--guard-tol", "guard_tol", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                 help="--guard-mode model: points of agreement with the ANN the choice may lose."),
-    click.option("--guard-checks", "guard_checks", type=click.IntRange(1), default=8, show_default=True,
-                 help="--guard-mode model: rebuilds at most while backing off."),
-    click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
-                 help="--guard-mode layer: flag a layer whose loss of agreement exceeds this many standard errors."),
-)
-
 threads_option = click.option("--threads", type=click.IntRange(1), default=None,
                               help="onnxruntime intra-op threads (default: onnxruntime's, one per core).")
 
@@ -114,8 +89,9 @@ def calibration_options(required: bool = True):
                           "'labels'), or a folder of images."),
         click.option("--calib-samples", type=click.IntRange(1), default=512, show_default=True,
                      help="Use at most this many samples (a seeded random subset of larger data)."),
-        click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True,
-                     help="Samples per onnxruntime run."),
+        click.option("--batch-size", type=click.IntRange(1), default=None,
+                     help="Samples per onnxruntime run, in every stage (default: each stage's own: 64 for "
+                          "calibration, 32 for the search, 256 for the guard and evaluation)."),
         click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
                      help="Seed of the sample subset."),
         click.option("--size", default=None, metavar="HxW", help="Image folders: resize to HxW (default: the "
@@ -134,21 +110,88 @@ def build_snn(kw: dict) -> dict:
     return {k: kw.pop(k) for k in ("T", "psi", "tau", "maxpool")}
 
 
+#: --bsr, --ssc and how they search: one option group for `convert` and `search` (SearchConfig).
+search_options = _compose(
+    click.option("--bsr", is_flag=True, help="Burst Spike Reallocation: psi per layer within the energy of uniform "
+                                              "--psi-target (§8)."),
+    click.option("--ssc", is_flag=True, help="Sensitivity Spike Compression: tau per layer within r x the "
+                                              "sensitivity at tau = 1 (§8)."),
+    click.option("--psi-max", type=click.IntRange(1, 64), default=8, show_default=True,
+                 help="BSR candidates: psi = 1..psi-max."),
+    click.option("--psi-target", type=click.IntRange(1, 64), default=None,
+                 help="BSR budget: the energy of this uniform psi (default: --psi)."),
+    click.option("--energy-ratio", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="BSR budget as a multiple of uniform --psi-target's energy."),
+    click.option("--tau-grid", default="1:10:0.5", show_default=True,
+                 help="SSC tau candidates: start:stop:step, a comma list, or both (1:3:0.1,3.5:10:0.5: finer "
+                      "near 1); must hold 1.0."),
+    click.option("--r", "r", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                 help="SSC budget: r x sum_i S_i(tau = 1)."),
+    click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                 help="SSC noise margin: each tau counts at S + z standard errors of its measured gain (0: the "
+                      "paper's rule)."),
+    click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="SSC held-out budget: lower r to what a choice made without each of K folds of the search "
+                      "samples keeps on that fold (0: the paper's rule; 4 is a good K)."),
+    click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
+                 help="E_i(k) of the search: a layer's spikes per sample, or its SynOps."),
+    click.option("--search-samples", type=click.IntRange(1), default=256, show_default=True,
+                 help="Calibration samples the sensitivities are measured on (the first N)."),
+    click.option("--guard-data", "guard_data", type=click.Path(exists=True, dir_okay=False), default=None,
+                 metavar="DATA",
+                 help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
+                      "calibration samples) on which SSC's choice must keep the SNN's agreement with the ANN "
+                      "(docs/method.md §10)."),
+    click.option("--guard-samples", "guard_samples", type=click.IntRange(2), default=4096, show_default=True,
+                 help="Use the first N inputs of --guard-data."),
+    click.option("--guard-mode", "guard_mode", type=click.Choice(["model", "layer"]), default="model",
+                 show_default=True, help="Rebuild and check the whole SNN, backing off along SSC's frontier "
+                                         "(model), or check each changed layer alone (layer)."),
+    click.option("--guard-tol", "guard_tol", type=click.FloatRange(min=0), default=0.5, show_default=True,
+                 help="--guard-mode model: points of agreement with the ANN the choice may lose."),
+    click.option("--guard-checks", "guard_checks", type=click.IntRange(1), default=8, show_default=True,
+                 help="--guard-mode model: rebuilds at most while backing off."),
+    click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                 help="--guard-mode layer: flag a layer whose loss of agreement exceeds this many standard errors."),
+)
+
+
+def build_search(kw: dict, *, default_both: bool = False):
+    """Pop the search_options values (and read --batch-size); returns a ``SearchConfig``.
+    default_both: neither --bsr nor --ssc given means both (the `search` command)."""
+    from onnx2burst.config import GuardConfig, SearchConfig
+
+    bsr, ssc = kw.pop("bsr"), kw.pop("ssc")
+    if default_both and not (bsr or ssc):
+        bsr = ssc = True
+    guard_data = kw.pop("guard_data")
+    guard = dict(samples=kw.pop("guard_samples"), mode=kw.pop("guard_mode"), tol=kw.pop("guard_tol"),
+                 checks=kw.pop("guard_checks"), z=kw.pop("guard_z"))
+    return SearchConfig(bsr=bsr, ssc=ssc, psi_max=kw.pop("psi_max"), psi_target=kw.pop("psi_target"),
+                        energy_ratio=kw.pop("energy_ratio"), tau_grid=kw.pop("tau_grid"), r=kw.pop("r"),
+                        ssc_z=kw.pop("ssc_z"), ssc_folds=kw.pop("ssc_folds"), energy=kw.pop("energy"),
+                        samples=kw.pop("search_samples"), batch_size=kw.get("batch_size"),
+                        guard=None if guard_data is None else GuardConfig(data=guard_data, **guard))
+
+
 def build_calibration(kw: dict):
-    """Pop the calibration_options values; returns ``(source, CalibrationConfig)``."""
+    """Pop the calibration_options values (--batch-size stays for build_search); returns
+    ``(source, CalibrationConfig)``."""
     from onnx2burst.config import CalibrationConfig, ImageOptions
 
     image = ImageOptions(size=parse_size(kw.pop("size")),
                          mean=parse_floats(kw.pop("mean"), "--mean") or (0.0,),
                          std=parse_floats(kw.pop("std"), "--std") or (1.0,),
                          max_pixels=kw.pop("max_image_pixels"))
-    cfg = CalibrationConfig(samples=kw.pop("calib_samples"), batch_size=kw.pop("batch_size"), seed=kw.pop("seed"),
+    batch = kw.get("batch_size")  # left for build_search
+    cfg = CalibrationConfig(samples=kw.pop("calib_samples"), seed=kw.pop("seed"),
+                            **({"batch_size": batch} if batch is not None else {}),
                             threads=kw.pop("threads"), image=image, max_memory=kw.pop("max_memory"))
     return kw.pop("calib"), cfg
 
 
 class RichProgress:
-    """``calibration.progress.Progress`` shown as rich bars on stderr, one per stage."""
+    """``onnx2burst.progress.Progress`` shown as rich bars on stderr, one per stage."""
 
     def __init__(self, enabled: bool = True):
         from rich.console import Console
@@ -178,12 +221,14 @@ class _Stage:
     def __init__(self, p, task):
         self.p, self.task = p, task
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1, description: str | None = None) -> None:
+        if description is not None:
+            self.p.update(self.task, description=description)
         self.p.advance(self.task, n)
 
 
 class _Null:
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: float = 1, description: str | None = None) -> None:
         pass
 
 

@@ -1,13 +1,15 @@
-"""``onnx2burst search``: per-layer sensitivity/energy tables, BSR and SSC (ALGORITHM.md §6-§8)."""
+"""``onnx2burst search``: per-layer sensitivity/energy tables, BSR and SSC (docs/method.md §6-§8)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import click
 
-from .options import build_calibration, build_snn, calibration_options, cli_errors, snn_options, ssc_rule_options
+from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, search_options,
+                      snn_options)
 
 
 @click.command(name="search")
@@ -18,21 +20,7 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Folder for sensitivity.png, frontier.png and search.json.")
 @click.option("--snn", "snn_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="MODEL's SNN, converted with the same --T/--psi/--calib (default: converted here).")
-@click.option("--bsr/--no-bsr", default=True, show_default=True, help="Burst Spike Reallocation: psi per layer.")
-@click.option("--ssc/--no-ssc", default=True, show_default=True, help="Sensitivity Spike Compression: tau per layer.")
-@click.option("--psi-max", default=8, show_default=True, type=click.IntRange(1), help="BSR candidates psi = 1..psi-max.")
-@click.option("--psi-target", type=click.IntRange(1), help="BSR budget: energy of this uniform psi (default --psi).")
-@click.option("--ratio", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="BSR budget = ratio * sum_i E_i(psi-target).")
-@ssc_rule_options
-@click.option("--taus", default="1:10:0.5", show_default=True,
-              help="SSC candidates: start:stop:step, a comma list, or both, e.g. 1:3:0.1,3.5:10:0.5 (must hold 1.0).")
-@click.option("--r", "r", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="SSC budget = r * sum_i S_i(tau=1).")
-@click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
-              help="E_i(k): the layer's spikes per sample, or its SynOps.")
-@click.option("--samples", default=256, show_default=True, type=click.IntRange(1),
-              help="Calibration samples the sensitivities are measured on.")
+@search_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the tuned SNN (chosen psi/tau, recalibrated) here.")
 @click.option("--r-sweep", "r_sweep", default="0.5,1,2,4", show_default=True,
@@ -41,16 +29,15 @@ from .options import build_calibration, build_snn, calibration_options, cli_erro
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_z, ssc_folds, guard_data, guard_samples,
-            guard_mode, guard_tol, guard_checks, guard_z, taus, r, energy, samples,
-            output, r_sweep, eval_data, as_json, quiet, **kw):
-    """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why.
+def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet, **kw):
+    """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why (both unless
+    --bsr or --ssc is given).
 
     For every neuron layer i and candidate k, S_i(k) is the symmetric KL between the ANN
     and the SNN with only layer i changed, and E_i(k) that layer's spikes (or SynOps) per
     sample. BSR picks psi per layer with the least total S within the energy of a uniform
     psi; SSC then picks tau per layer with the least energy within the sensitivity of
-    tau=1. Thresholds are refit and biases recalibrated after each (ALGORITHM.md §8).
+    tau=1. Thresholds are refit and biases recalibrated after each (docs/method.md §8).
 
     Writes OUT/sensitivity.png (S against psi and tau per layer), OUT/frontier.png (the
     energy/sensitivity frontier, uniform configurations and the choice),
@@ -64,44 +51,37 @@ def command(model, out_dir, snn_path, bsr, ssc, psi_max, psi_target, ratio, ssc_
           --T 8 --psi 4 --out report/ -o resnet20.tuned.snn.onnx
       python -m models.make_data --guard 16384    # held-out inputs for the SSC guard
       onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
-          --T 4 --no-bsr --guard-data models/cache/fmnist_guard.npz --guard-samples 16384 \\
+          --T 4 --ssc --guard-data models/cache/fmnist_guard.npz --guard-samples 16384 \\
           --guard-tol 0.5 --out report_t4/
     """
-    if not (bsr or ssc):
-        raise click.UsageError("nothing to do: both --no-bsr and --no-ssc")
     with cli_errors():
         from onnx2burst.config import ConvertConfig
         from onnx2burst.convert import Converter
         from onnx2burst.io import load_model, save_model, write_file
         from onnx2burst.report.plots import plot_frontier, plot_sensitivity
-        from onnx2burst.tuning import search as S
+        from onnx2burst import search as S
 
-        grid = S.parse_grid(taus)
         try:
             rs = [float(v) for v in r_sweep.split(",") if v.strip()]
         except ValueError:
             raise click.BadParameter(f"{r_sweep!r}: a comma list of numbers > 0", param_hint="--r-sweep") from None
-        if any(not v > 0 for v in rs):
-            raise click.BadParameter(f"{r_sweep!r}: every r must be > 0", param_hint="--r-sweep")
+        if any(not (math.isfinite(v) and v > 0) for v in rs):
+            raise click.BadParameter(f"{r_sweep!r}: every r must be a finite number > 0", param_hint="--r-sweep")
         snn_cfg = build_snn(kw)
         source, calib = build_calibration(kw)
+        cfg = build_search(kw, default_both=True)
         conv = Converter(model, ConvertConfig(**snn_cfg, calibration=calib))
         progress = _progress(quiet or as_json)
         data = conv.load_data(source)
         snn = load_model(snn_path) if snn_path else None
-        res = S.tune(conv, data, bsr=bsr, ssc=ssc, snn=snn, psi_max=psi_max, psi_target=psi_target,
-                     ratio=ratio, taus=grid, r=r, ssc_z=ssc_z, ssc_folds=ssc_folds, energy=energy, samples=samples,
-                     guard=guard_data, guard_samples=guard_samples, guard_z=guard_z,
-                     guard_mode=guard_mode, guard_tol=guard_tol / 100, guard_checks=guard_checks,
-                     progress=progress, show_progress=not (quiet or as_json))
+        res = S.tune(conv, data, cfg, snn=snn, progress=progress)
         sweep = None
-        if ssc and rs:
-            before, points = S.sweep_r(conv, data, res, rs, eval_data or source, energy=energy, z=ssc_z,
-                                       folds=ssc_folds, threads=conv.config.calibration.threads, progress=progress)
+        if cfg.ssc and rs:
+            before, points = S.sweep_r(conv, data, res, rs, eval_data or source, cfg, progress=progress)
             sweep = (before, points)
         out_dir.mkdir(parents=True, exist_ok=True)
         doc = {"model": os.fspath(model), "snn": None if snn_path is None else os.fspath(snn_path),
-               "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": energy, **res.to_dict(),
+               "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": cfg.energy, **res.to_dict(),
                "r_sweep": None if sweep is None else {"before_ssc": sweep[0].to_dict(),
                                                       "points": [p.to_dict() for p in sweep[1]],
                                                       "data": str(eval_data or source)}}

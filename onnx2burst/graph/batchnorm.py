@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
 
 from .index import GraphIndex
+from .index import attr as _attr
 
 __all__ = ["fold_batchnorm"]
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _layer_rank(idx: GraphIndex, layer: onnx.NodeProto) -> int | None:

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import GraphError
 
-__all__ = ["GraphIndex", "attr", "default_opset", "unique_name", "topological_sort", "make_reduce"]
+__all__ = ["GraphIndex", "attr", "attrs", "default_opset", "unique_name", "topological_sort", "make_reduce"]
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -25,6 +25,11 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def attrs(node: onnx.NodeProto) -> dict:
+    """Every attribute of ``node`` by name (values as :func:`attr` gives them)."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -13,17 +13,8 @@ at least the max of the means. Three options are implemented:
   GlobalMaxPool by GlobalAveragePool) *in the ANN too*, so the thresholds and the bias
   calibration target the changed ANN. Exact under rate coding, but it changes the ANN.
 
-Measured on the Fashion-MNIST VGG with MaxPool (models/zoo/vgg_max_fmnist.onnx, ANN 94.37 %
-top-1 on the 10k test images, 512 calibration samples, psi = 4; the "avg" row from
-benchmarks/convert_acceptance.py, results in benchmarks/results/convert.md):
-
-    setting              T=4        T=8        T=16
-    "lateral" (default)  94.05 %    94.15 %    94.21 %
-    "spikes"             93.94 %    94.09 %    93.97 %
-    "avg"                   -       64.39 %    64.71 %   (the ANN itself with AveragePool: 65.16 %)
-
-On random-weight networks at T=128 (benchmarks/results/corpus.md) lateral pooling tracks the
-ANN where MaxPool per timestep keeps a large error (VGG-16: see the corpus table).
+Lateral pooling is the default because it converges with T and keeps the ANN; the measured
+comparison of the three is in docs/results.md (docs/method.md §3).
 """
 from __future__ import annotations
 
@@ -31,6 +22,7 @@ import onnx
 from onnx import helper
 
 from ..errors import GraphError
+from .index import attrs as all_attrs
 
 __all__ = ["replace_maxpool"]
 
@@ -46,7 +38,7 @@ def replace_maxpool(model: onnx.ModelProto) -> list[str]:
         elif node.op_type == "MaxPool":
             if len(node.output) > 1 and node.output[1]:
                 raise GraphError(f"MaxPool {node.name!r}: its Indices output is used; cannot replace it by AveragePool")
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            attrs = all_attrs(node)
             if any(d != 1 for d in attrs.pop("dilations", [])):
                 raise GraphError(f"MaxPool {node.name!r} has dilations; AveragePool cannot replace it")
             attrs.pop("storage_order", None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx
 
 from ..errors import GraphError
-from ..ops import MIN_OPSET
+from ..ops.schema import MIN_OPSET
 from .index import default_opset
 
 __all__ = ["ensure_opset"]

@@ -2,7 +2,7 @@
 
 A portable file needs no custom domain at all: any ONNX runtime that implements the
 standard ops (Scan included) runs it. Its outputs equal the kernel's bit for bit
-(ALGORITHM.md §2: the fallback performs the same float32 operations in the same order).
+(docs/method.md §2: the fallback performs the same float32 operations in the same order).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The BurstIF operator (ALGORITHM.md §2): numpy reference, ONNX node and fallback function,
+"""The BurstIF operator (docs/method.md §2): numpy reference, ONNX node and fallback function,
 and the C++ kernel's library.
 
 - ``burst_if``: the numpy reference, the spec in executable form.
@@ -11,7 +11,8 @@ import onnx
 from onnx import helper
 
 from .function import make_function
-from .library import kernel_available, kernel_status, library_path, make_session, session_options
+from .library import kernel_available, kernel_status, library_path, session_options
+from .session import make_session
 from .reference import burst_if
 from .schema import DOMAIN, MIN_OPSET, OP_TYPE, OP_VERSION
 

@@ -1,4 +1,4 @@
-"""The standard-op fallback of BurstIF: a FunctionProto, ALGORITHM.md §2.
+"""The standard-op fallback of BurstIF: a FunctionProto, docs/method.md §2.
 
 The function has the same domain and name as the C++ kernel. onnxruntime uses the
 kernel when our library is registered and inlines this function otherwise;

@@ -3,18 +3,17 @@
 onnxruntime's CPU provider runs convolutions in a blocked layout (``NCHWc``: channels in
 blocks of 8 or 16, the block innermost) and fuses the ANN's ReLU into them. A custom op
 only sees plain NCHW, so around every BurstIF it inserts ``ReorderOutput`` (NCHWc -> NCHW)
-and ``ReorderInput`` (back): two full passes over the activation per neuron layer, more
-than the neuron itself costs (measured on the ResNet-20 SNN: 211 ms of reorders against
-103 ms of BurstIF per batch of 64, T=8).
+and ``ReorderInput`` (back): two full passes over the activation per neuron layer,
+which can cost more than the neuron itself (benchmarks/results/latency.md).
 
 :func:`blocked_session` removes them. It lets onnxruntime optimise the SNN (level "all")
 and save that graph, then rewrites it: every BurstIF fed by a ``ReorderOutput`` runs on
-the blocked tensor itself with the kernel attribute ``channel_block`` (ALGORITHM.md §2's
+the blocked tensor itself with the kernel attribute ``channel_block`` (docs/method.md §2's
 dynamics, channel ``c`` read at its blocked position), and so do the layout-free ops
 between neurons (a residual ``Add``, the time-expansion ``Tile`` over the batch axis). An
 Add or a Tile whose only reader is a neuron is then folded into it (the kernel's addend
 input ``R`` and its ``time_broadcast`` attribute: the same float operations, one pass over
-the activation fewer; 1.31 -> 1.24 of T x ANN time on the ResNet-20 SNN). A
+the activation fewer). A
 ``ReorderOutput`` is kept only where a plain-layout consumer remains. The rewritten graph is
 hardware specific, so it lives only in memory, and it is checked before use: on a probe
 input it must give exactly the outputs of the ordinary session (first with the folds, then
@@ -34,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..graph.index import attr as _attr
 from .schema import DOMAIN, OP_TYPE
 
 __all__ = ["blocked_session", "rewrite_blocked", "nchwc_block_size"]
@@ -50,13 +50,6 @@ def nchwc_block_size() -> int:
     except OSError:
         return 8
     return 16 if " avx512f" in flags else 8
-
-
-def _attr(node, name, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tuple[onnx.ModelProto, int]:

@@ -1,4 +1,4 @@
-"""Numpy reference of the BurstIF operator: ALGORITHM.md §2, written as the spec reads.
+"""Numpy reference of the BurstIF operator: docs/method.md §2, written as the spec reads.
 
 This is the executable specification that the C++ kernel and the standard-op
 fallback are tested against, bit for bit. Keep it short and obvious.
@@ -9,7 +9,7 @@ import numpy as np
 
 
 def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0):
-    """Burst integrate-and-fire over the time-folded batch (ALGORITHM.md §2).
+    """Burst integrate-and-fire over the time-folded batch (docs/method.md §2).
 
     x: float32 ``[T*N, C, ...]``, time-major (row ``t*N + n``). vth: float32 ``[C]`` or ``[1]``.
     Returns ``(Y, spikes)``: ``Y`` like ``x``; ``spikes`` float32 ``[N]``, the number of

@@ -1,4 +1,4 @@
-"""Names of the BurstIF operator (ALGORITHM.md §2), shared by the kernel, the function and the rewriter."""
+"""Names of the BurstIF operator (docs/method.md §2), shared by the kernel, the function and the rewriter."""
 DOMAIN = "onnx2burst"
 OP_TYPE = "BurstIF"
 OP_VERSION = 1

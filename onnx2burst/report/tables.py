@@ -1,7 +1,7 @@
 """Rich tables for the terminal. ``rich`` is imported when a table is built."""
 from __future__ import annotations
 
-from .results import EvalResult
+from ..evaluation.results import EvalResult
 
 
 def _pct(v):
@@ -56,7 +56,7 @@ def eval_tables(r: EvalResult):
 
 def search_tables(steps, timings=None, checks=None, guard=None):
     """Tables of a search: one per ``(SearchChoice, Table, baseline_S)`` step, the SSC guard's
-    rounds (a ``tuning.guard.GuardResult``, if any), then the time split.
+    rounds (a ``search.guard.GuardResult``, if any), then the time split.
 
     checks: problem ("bsr" / "ssc") -> ``JointCheck``: the rebuilt SNN's S, in the caption.
     """

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from onnx import helper
 
 from ..graph import Canonical, GraphIndex
 from .registry import Kind, Mark, classify
+from ..graph.index import attr as _attr
 
 __all__ = ["BiasTarget", "Neuron", "OpIssue", "Analysis", "analyze"]
 
@@ -111,13 +111,6 @@ class _Ctx:
                     return False
                 todo.extend(c.output)
         return any(t in outs for t in seen)
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _depths(idx: GraphIndex) -> dict[str, int]:

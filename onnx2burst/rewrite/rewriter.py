@@ -30,6 +30,8 @@ from ..errors import GraphError, UnsupportedModelError
 from ..graph import Canonical, GraphIndex, topological_sort
 from ..graph.index import make_reduce
 from .analysis import Analysis
+from ..graph.index import attr as _attr
+from ..graph.index import attrs as all_attrs
 
 __all__ = ["NeuronParams", "SpikingNeuron", "SNN", "build_snn"]
 
@@ -74,13 +76,6 @@ class SNN:
             if n.name == name:
                 return n
         raise KeyError(name)
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _private_bias(idx: GraphIndex, analysis_neuron) -> tuple[str, int, float] | None:
@@ -196,7 +191,7 @@ def _lateral_pool(g, idx: GraphIndex, node: onnx.NodeProto, T: int) -> None:
         helper.make_node("Reshape", [run, shape], [sums], name=f("fold_time")),
     ]
     if node.op_type == "MaxPool":
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "storage_order"}
+        attrs = {k: v for k, v in all_attrs(node).items() if k != "storage_order"}
         win, flat = f("winners"), f("flat")
         nodes += [
             helper.make_node("MaxPool", [sums], [f("max_sums"), win], name=f("winner"), **attrs),

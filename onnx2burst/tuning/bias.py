@@ -25,8 +25,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..calibration.augment import add_channel_reduce, extract
-from ..calibration.data import CalibrationSet
-from ..calibration.progress import NullProgress
+from ..data import CalibrationSet
+from ..progress import NullProgress
 from ..calibration.runner import Runner
 from ..calibration.stats import RunningMean
 from ..graph import GraphIndex, default_opset

@@ -28,8 +28,8 @@ import numpy as np
 import onnx
 
 from ..calibration.augment import add_channel_reduce, with_outputs
-from ..calibration.data import CalibrationSet
-from ..calibration.progress import NullProgress
+from ..data import CalibrationSet
+from ..progress import NullProgress
 from ..calibration.runner import Runner
 from ..calibration.stats import RunningMax, RunningMean
 from ..config import ThresholdConfig

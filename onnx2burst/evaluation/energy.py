@@ -1,4 +1,4 @@
-"""Spike counts, synaptic operations and the energy estimate of ALGORITHM.md §7.
+"""Spike counts, synaptic operations and the energy estimate (docs/method.md §7).
 
 - :func:`energy_model` reads an SNN graph: for every BurstIF layer, how many synapses one of
   its spikes drives in the layers that receive it (its *fanout*), and the MACs of the analog
@@ -34,11 +34,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..ops import DOMAIN, OP_TYPE
+from ..graph.index import attr as _attr
+from ..snn import is_neuron, read_snn
 
 __all__ = [
     "E_AC_PJ", "E_MAC_PJ", "SpikingLayer", "EnergyModel", "EnergyEstimate", "LayerEnergy",
-    "burst_nodes", "layer_name", "energy_model", "count_macs", "ann_macs", "with_spike_outputs",
+    "energy_model", "count_macs", "ann_macs", "with_spike_outputs",
 ]
 
 E_AC_PJ = 0.9   # one accumulate, 45 nm (Horowitz, ISSCC 2014)
@@ -55,16 +56,6 @@ PASS_THROUGH = {
 INDEX_OPS = ("Gather", "GatherElements")  # input 1 holds indices: no spikes pass through it
 # ops that consume spikes without synapses (the output mean over T, shape bookkeeping)
 SINKS = ("ReduceMean", "Shape", "Size", "Softmax", "LogSoftmax", "ArgMax")
-
-
-def burst_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The BurstIF nodes of the main graph, in graph (topological) order."""
-    return [n for n in model.graph.node if n.op_type == OP_TYPE and n.domain == DOMAIN]
-
-
-def layer_name(node: onnx.NodeProto) -> str:
-    """A BurstIF layer's name: the node name, or its Y output when the node has none."""
-    return node.name or node.output[0]
 
 
 @dataclass(frozen=True)
@@ -184,13 +175,6 @@ class _Graph:
         return self._shapes.get(name)
 
 
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
-
-
 def _pool_factor(node: onnx.NodeProto) -> float:
     k = list(_attr(node, "kernel_shape", []))
     s = list(_attr(node, "strides", [])) or [1] * len(k)
@@ -236,7 +220,7 @@ def _receivers(g: _Graph, tensor: str, factor: float, notes: list[str], depth: i
     for node in g.consumers.get(tensor, []):
         op = node.op_type
         label = node.name or node.output[0]
-        if node.domain == DOMAIN and op == OP_TYPE:
+        if is_neuron(node):
             out.append((label, factor * 1.0))          # identity synapse into a membrane
         elif node.domain in ("", "ai.onnx") and op in LINEAR_OPS:
             f = _fanout_of(g, node, tensor, notes)
@@ -269,13 +253,10 @@ def energy_model(snn: onnx.ModelProto) -> EnergyModel:
     g = _Graph(snn)
     notes: list[str] = []
     layers = []
-    for n in burst_nodes(snn):
-        rec = tuple(_receivers(g, n.output[0], 1.0, notes))
-        spikes = n.output[1] if len(n.output) > 1 and n.output[1] else ""
-        layers.append(SpikingLayer(
-            name=layer_name(n), y=n.output[0], spikes=spikes, T=int(_attr(n, "T")),
-            psi=int(_attr(n, "psi")), tau=float(_attr(n, "tau", 1.0)),
-            fanout=float(sum(f for _, f in rec)), receivers=rec))
+    for n in read_snn(snn, require=False).neurons:
+        rec = tuple(_receivers(g, n.y, 1.0, notes))
+        layers.append(SpikingLayer(name=n.name, y=n.y, spikes=n.spikes, T=n.T, psi=n.psi, tau=n.tau,
+                                   fanout=float(sum(f for _, f in rec)), receivers=rec))
     if not layers:
         raise ValueError("the model has no BurstIF layer: not an onnx2burst SNN")
     macs = count_macs(snn)
@@ -390,7 +371,7 @@ def with_spike_outputs(snn: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     m = copy.deepcopy(snn)
     have = {o.name for o in m.graph.output}
     names = []
-    for n in burst_nodes(m):
+    for n in (node for node in m.graph.node if is_neuron(node)):
         if len(n.output) < 2 or not n.output[1]:
             while len(n.output) < 2:
                 n.output.append("")

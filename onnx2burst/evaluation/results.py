@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..tuning.energy import EnergyEstimate
+from .energy import EnergyEstimate
 
 
 @dataclass(frozen=True)

@@ -1,65 +1,48 @@
-"""``evaluate``: an ANN against its SNN on labelled (or unlabelled) data, §6-§7."""
+"""``evaluate``: an ANN against its SNN on labelled (or unlabelled) data (docs/method.md §6-§7)."""
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 import onnx
 
 from .. import ops
-from ..tuning.energy import ann_macs, energy_model, with_spike_outputs
-from ..tuning.sensitivity import KLMeter
-from .data import data_input, load_dataset
-from .progress import progress_bar
+from ..data import load_data
+from ..progress import Progress, progress_or_null
+from ..snn import read_snn
+from .energy import ann_macs, energy_model, with_spike_outputs
+from .metrics import KLMeter
 from .results import EvalResult, ModelStats
 
 
 def load_onnx(model) -> onnx.ModelProto:
-    """A ModelProto from a ModelProto or a path."""
+    """A ModelProto from a ModelProto or a path (``io.load_model``: external data checked)."""
     if isinstance(model, onnx.ModelProto):
         return model
-    try:
-        from ..io import load_model  # the converter's loader (external data, checks)
-    except ImportError:
-        return onnx.load(os.fspath(model))
+    from ..io import load_model
+
     return load_model(model)
 
 
-
-
-def snn_T(snn: onnx.ModelProto) -> int:
-    """T of an SNN: its metadata when present, else the BurstIF attribute."""
-    for p in snn.metadata_props:
-        if p.key in ("onnx2burst.T", "T"):
-            return int(p.value)
-    from ..tuning.energy import burst_nodes
-    from onnx import helper
-
-    for n in burst_nodes(snn):
-        for a in n.attribute:
-            if a.name == "T":
-                return int(helper.get_attribute_value(a))
-    raise ValueError("not an onnx2burst SNN: no BurstIF node")
-
-
-def _timed_runs(sess, feed_name, batches, out_names, advance):
-    """Run every batch once after one untimed warm-up on the first; returns outputs, seconds."""
+def _timed_runs(sess, batches, out_names, advance):
+    """Run every batch (an input dict) once after one untimed warm-up on the first; returns
+    outputs, seconds."""
     outs, seconds = [], 0.0
-    for i, x in enumerate(batches):
+    for i, feeds in enumerate(batches):
         if i == 0:
-            sess.run(out_names, {feed_name: x})
+            sess.run(out_names, feeds)
         t0 = time.perf_counter()
-        outs.append(sess.run(out_names, {feed_name: x}))
+        outs.append(sess.run(out_names, feeds))
         seconds += time.perf_counter() - t0
-        advance(x.shape[0])
+        advance(len(next(iter(feeds.values()))))
     return outs, seconds
 
 
 def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = None,
              kernel: bool | None = None, limit: int | None = None, e_ac_pj: float = 0.9,
-             e_mac_pj: float = 4.6, progress: bool = False, max_memory=None) -> EvalResult:
-    """Compare an ANN with its SNN on ``data`` (npz path, array, (x, labels) or Dataset).
+             e_mac_pj: float = 4.6, progress: Progress | None = None, max_memory=None) -> EvalResult:
+    """Compare an ANN with its SNN on ``data`` (anything ``onnx2burst.data.load_data`` reads;
+    the first ``limit`` samples, all when None).
 
     Returns top-1 of both (with labels), top-1 agreement, the mean symmetric KL, spikes per
     sample per layer, SynOps, the energy estimate against the ANN's MACs, and ms per sample.
@@ -70,29 +53,23 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
     from ..limits import MemoryEstimate, enforce, estimate
 
     ann, snn = load_onnx(ann), load_onnx(snn)
-    try:
-        T = snn_T(snn)
-    except (ValueError, TypeError):
-        T = 1
+    T = read_snn(snn, require=False).T
     enforce(MemoryEstimate.combined({"ANN": estimate(ann, batch_size=batch_size),
                                      "SNN": estimate(snn, batch_size=batch_size, T=T)}),
             max_memory, f"evaluating (batch {batch_size}, T={T})")
-    ds = load_dataset(data, data_input(ann), max_memory).limit(limit)
-    if not len(ds):
-        raise ValueError("no samples to evaluate")
+    ds = load_data(data, ann, samples=limit, max_memory=max_memory)
     em = energy_model(snn)
     snn_run, spike_names = with_spike_outputs(snn)
     use_kernel = ops.kernel_available() if kernel is None else kernel
     a_sess = ops.make_session(ann, kernel=False, threads=threads)
     s_sess = ops.make_session(snn_run, kernel=use_kernel, threads=threads)
-    a_in, s_in = data_input(ann), data_input(snn)
     a_out, s_out = ann.graph.output[0].name, snn.graph.output[0].name
-    xs = [x for x, _ in ds.batches(batch_size)]
+    xs = list(ds.batches(batch_size))
 
-    with progress_bar("ANN", 2 * len(ds), progress) as advance:
-        a_res, a_sec = _timed_runs(a_sess, a_in, xs, [a_out], advance)
-        advance(0, description="SNN")
-        s_res, s_sec = _timed_runs(s_sess, s_in, xs, [s_out] + spike_names, advance)
+    with progress_or_null(progress).stage("ANN", 2 * len(ds)) as st:
+        a_res, a_sec = _timed_runs(a_sess, xs, [a_out], st.advance)
+        st.advance(0, description="SNN")
+        s_res, s_sec = _timed_runs(s_sess, xs, [s_out] + spike_names, st.advance)
 
     a_logits = np.concatenate([r[0] for r in a_res])
     s_logits = np.concatenate([r[0] for r in s_res])
@@ -108,7 +85,7 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
     est = em.estimate(spikes.astype(np.float64).mean(axis=1), ann_macs=ann_macs(ann),
                       e_ac_pj=e_ac_pj, e_mac_pj=e_mac_pj)
     return EvalResult(
-        samples=len(ds), T=snn_T(snn),
+        samples=len(ds), T=T,
         ann=ModelStats(top1(a_pred), 1e3 * a_sec / len(ds)),
         snn=ModelStats(top1(s_pred), 1e3 * s_sec / len(ds)),
         agreement=float((a_pred == s_pred).mean()), sym_kl=kl.value, energy=est,

@@ -1,50 +1,21 @@
-"""SSC's decision guard: an addition to ALGORITHM.md §8, not in the paper.
+"""SSC's decision guard (docs/method.md §10; not in the paper).
 
-SSC (§8) spends a budget of symmetric KL (§6). The KL also prices how confident the SNN
-is, and a tau that moves the logits' scale towards the ANN's can lower it while the class
-changes on more samples. On the Fashion-MNIST ResNet-20 at T = 4, one layer's tau lowered
-the KL on the test set and cost 0.46 point of top-1 on its own (benchmarks/results/search.md).
+SSC (§8) spends a budget of symmetric KL (§6). The KL also prices how confident the SNN is,
+and a tau that moves the logits' scale towards the ANN's can lower it while the class changes
+on more samples. The guard checks SSC's choice against the decisions it changes, on held-out
+inputs (no labels needed), in one of two modes:
 
-The guard checks SSC's choice against the decisions it changes, on more samples than the
-search measures the KL on, and needs no labels:
-
-1. SSC chooses from the tau table (any rule: the paper's, ``z``, held-out folds).
-2. For each layer the choice changes, the *loss of agreement* ``L`` is measured: the share of
-   guard samples on which the SNN with only that layer at its chosen tau disagrees with the
-   ANN's class, minus the same share for the SNN SSC started from, with its standard error
-   ``SE`` over the paired samples. The layer runs as in the search (§6, the output
-   mean-corrected to the baseline's), through the search's tail sessions.
-3. A layer with ``L > z * SE`` loses decisions beyond the noise of the guard samples: that tau
-   and every larger one are forbidden for it (a larger threshold only coarsens the layer).
-4. SSC chooses again under the same budget without the forbidden taus; repeat until no
-   changed layer is flagged. Every pair is measured once; each round forbids at least one
-   candidate, so the loop ends.
-
-Use a few thousand unlabeled inputs that are not the search samples (the SE of a loss is
-about ``sqrt(p / N)``: at 4096 samples and 1 % of them changed, 0.16 point).
-
-That per-layer loop (``mode="layer"``) did not fix the ResNet: every tau it forbids frees budget,
-and SSC spends it on other layers, each below z SE alone (benchmarks/results/search.md). The
-default, ``mode="model"``, checks what is deployed instead, and backs off the budget itself:
-
-1. SSC chooses (any rule). Its Pareto frontier (§8) lists the other choices it could have made,
-   each with less sensitivity and more energy than the next.
-2. The chosen SNN is rebuilt (thresholds and biases refit, as after any choice) and run whole on
-   the guard samples: its loss of agreement with the ANN's class, L, against the SNN SSC started
-   from (paired, with its SE).
-3. If ``L <= tol``, that is the choice. Otherwise the guard bisects the frontier, from the
-   choice towards the SNN SSC started from (which loses nothing by definition), for the most
-   compressed point with ``L <= tol``: at most ``checks`` rebuilds, and what it returns has
-   been checked (or is the starting SNN). The bisection assumes that L grows with the
-   compression along the frontier; between two checked points it is not measured.
-
-Unlike the per-layer loop, a loss here is a measured loss of the SNN as it will be deployed,
-and the remedy lowers the whole budget instead of moving it. ``tol`` is in the units of an
-accuracy budget a user can reason about: how much agreement with the ANN the compression may
-cost on inputs like the guard samples. Measured (benchmarks/results/search.md, 16384 guard
-images, tol 0.5 point): the Fashion-MNIST ResNet-20's +SSC at T = 4 goes from -0.90 point of
-top-1 (median of five draws of the search samples) to -0.40 at 0.71x the spikes of BS; the
-VGG's choices lose under 0.2 point of agreement there and are kept as they are.
+- ``"model"`` (:class:`ModelProbe`, :func:`backed_off_ssc`): the chosen SNN is rebuilt and run
+  whole on the guard inputs; its loss of agreement with the ANN's class, L (paired against the
+  SNN SSC started from, with its SE), must stay within ``tol``. Otherwise the guard bisects
+  SSC's Pareto frontier, from the choice towards the starting SNN (which loses nothing by
+  definition), for the most compressed point with ``L <= tol``, in at most ``checks``
+  rebuilds. What it keeps has been checked (or is the starting SNN); the bisection assumes L
+  grows with the compression along the frontier.
+- ``"layer"`` (:class:`AgreementProbe`, :func:`guarded_ssc`): for each layer the choice changes,
+  the loss of agreement with only that layer at its chosen tau (run as in the search, §6); a
+  layer with ``L > z * SE`` gets that tau and every tau further from its default forbidden, and
+  SSC chooses again under the same budget, until no changed layer is flagged.
 """
 from __future__ import annotations
 
@@ -57,59 +28,53 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .. import ops
+from ..data import load_data
 from ..errors import ConfigError
-from ..report.data import data_input
+from ..evaluation.evaluate import load_onnx
+from ..progress import Progress, progress_or_null
+from .graphs import SearchGraphs, mean_corrected
 
-__all__ = ["DEFAULT_GUARD_SAMPLES", "DEFAULT_GUARD_Z", "DEFAULT_GUARD_MODE", "DEFAULT_GUARD_TOL",
-           "DEFAULT_GUARD_CHECKS", "GUARD_MODES", "AgreementProbe", "GuardRound", "GuardResult", "guarded_ssc",
-           "masked", "ModelProbe", "BackoffStep", "BackoffResult", "backed_off_ssc"]
-
-DEFAULT_GUARD_SAMPLES = 4096
-DEFAULT_GUARD_Z = 2.0
-GUARD_MODES = ("model", "layer")
-DEFAULT_GUARD_MODE = "model"
-DEFAULT_GUARD_TOL = 0.005      # mode "model": agreement the choice may lose, as a fraction (0.5 point)
-DEFAULT_GUARD_CHECKS = 8       # mode "model": rebuilds at most
+__all__ = ["AgreementProbe", "GuardRound", "GuardResult", "guarded_ssc", "masked", "ModelProbe", "BackoffStep",
+           "BackoffResult", "backed_off_ssc"]
 
 
-def _guard_dataset(ann, data, samples, batch_size):
-    """The guard's inputs: the first ``samples`` of ``data`` (at least 2), for ``ann``'s input."""
-    from ..report.data import load_dataset
-
-    ds = load_dataset(data, data_input(ann)).limit(samples)
-    if len(ds) < 2:
-        raise ConfigError(f"the SSC guard needs at least 2 samples, {getattr(ds, 'source', 'its data')} has {len(ds)}")
+def _guard_dataset(ann, data, samples, batch_size, max_memory=None):
+    """The guard's inputs: the first ``samples`` of ``data`` (at least 2), for ``ann``'s inputs."""
     if batch_size < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    ds = load_data(data, ann, samples=samples, max_memory=max_memory)
+    if len(ds) < 2:
+        raise ConfigError(f"the SSC guard needs at least 2 samples, {ds.source} has {len(ds)}")
     return ds
+
+
+def _classes(sess, ds, batch_size: int, output: str) -> np.ndarray:
+    """The class (argmax of ``output``) per sample of ``ds``."""
+    return np.concatenate([sess.run([output], feeds)[0].argmax(-1) for feeds in ds.batches(batch_size)])
 
 
 class AgreementProbe:
     """Each (layer, tau)'s loss of agreement with the ANN on guard data (step 2 above).
 
     ann, snn: ModelProto or path (the SNN SSC starts from). data: anything
-    ``report.data.load_dataset`` reads (npz path, array, (x, labels), CalibrationSet); the first
-    ``samples`` are used, labels ignored. Results are cached per pair. mean_correct: the changed
-    layer's output is shifted to the starting SNN's mean per channel and batch, as
-    ``search.measure`` does by default (False: the raw change).
+    ``onnx2burst.data.load_data`` reads; the first ``samples`` are used, labels ignored.
+    Results are cached per pair. mean_correct: the changed layer's output is shifted to the
+    starting SNN's mean per channel and batch, as ``tables.measure`` does by default (False:
+    the raw change).
     """
 
-    def __init__(self, ann, snn, data, *, samples: int | None = DEFAULT_GUARD_SAMPLES, batch_size: int = 64,
-                 threads: int | None = None, kernel: bool | None = None, progress: bool = False,
-                 mean_correct: bool = True):
-        from ..report.evaluate import load_onnx
-        from .search import _SearchGraphs
-
+    def __init__(self, ann, snn, data, *, samples: int | None = 4096, batch_size: int = 64,
+                 threads: int | None = None, kernel: bool | None = None, progress: Progress | None = None,
+                 mean_correct: bool = True, max_memory=None):
         ann, snn = load_onnx(ann), load_onnx(snn)
-        self.ds = _guard_dataset(ann, data, samples, batch_size)
-        self.batch_size, self.progress, self.mean_correct = batch_size, progress, mean_correct
+        self.ds = _guard_dataset(ann, data, samples, batch_size, max_memory)
+        self.batch_size, self.mean_correct = batch_size, mean_correct
+        self.progress = progress_or_null(progress)
         kernel = ops.kernel_available() if kernel is None else kernel
-        self.sg = _SearchGraphs(snn, threads, kernel)
+        self.sg = SearchGraphs(snn, threads, kernel)
         self.index = {nr.name: i for i, nr in enumerate(self.sg.neurons)}
         sess = ops.make_session(ann, kernel=False, threads=threads)
-        a_in, a_out = data_input(ann), ann.graph.output[0].name
-        self.ann_class = np.concatenate([sess.run([a_out], {a_in: x})[0].argmax(-1)
-                                         for x, _ in self.ds.batches(batch_size)])
+        self.ann_class = _classes(sess, self.ds, batch_size, ann.graph.output[0].name)
         self.base: np.ndarray | None = None          # per sample: the starting SNN agrees
         self._agree: dict[tuple[str, float], np.ndarray] = {}
         self.seconds = 0.0
@@ -119,22 +84,19 @@ class AgreementProbe:
         return len(self.ds)
 
     def _run(self, pairs: Sequence[tuple[str, float]]) -> None:
-        from ..report.progress import progress_bar
-        from .search import _mean_corrected
-
         t0 = time.perf_counter()
         sg, n = self.sg, len(self.ds)
         base = np.zeros(n, bool)
         agree = {p: np.zeros(n, bool) for p in pairs}
         batches = list(self.ds.batches(self.batch_size))
         pos = 0
-        with progress_bar("SSC guard", len(batches), self.progress) as advance:
-            for x, _ in batches:
-                rows = slice(pos, pos + len(x))
-                pos += len(x)
+        with self.progress.stage("SSC guard", len(batches)) as stage:
+            for feeds in batches:
+                k = len(next(iter(feeds.values())))
+                rows = slice(pos, pos + k)
+                pos += k
                 want = self.ann_class[rows]
-                env = dict(zip(sg.base_outputs, sg.base.run(sg.base_outputs, {sg.input: x})))
-                env[sg.input] = x
+                env = sg.run_base(feeds)
                 base[rows] = env[sg.logits].argmax(-1) == want
                 for name, tau in pairs:
                     i = self.index[name]
@@ -142,10 +104,10 @@ class AgreementProbe:
                     cell = sg.cell(env[nr.x].ndim, nr.T, nr.psi)
                     y, _ = cell.run(None, {"X": env[nr.x], "vth": (np.float32(tau) * nr.vth).astype(np.float32)})
                     feeds = {b: env[b] for b in sg.boundary[i]}
-                    feeds[nr.y] = _mean_corrected(y, env[nr.y]) if self.mean_correct else y
+                    feeds[nr.y] = mean_corrected(y, env[nr.y]) if self.mean_correct else y
                     logits = sg.tail(i, env).run([sg.logits], feeds)[0]
                     agree[name, tau][rows] = logits.argmax(-1) == want
-                advance(1)
+                stage.advance(1)
         self.base = base
         self._agree.update(agree)
         self.seconds += time.perf_counter() - t0
@@ -227,7 +189,7 @@ def masked(table, forbid: np.ndarray):
 
 
 def guarded_ssc(table, losses: Callable[[Sequence[tuple[str, float]]], Mapping[tuple[str, float], tuple[float, float]]],
-                choose: Callable, *, z: float = DEFAULT_GUARD_Z, max_rounds: int | None = None,
+                choose: Callable, *, z: float = 2.0, max_rounds: int | None = None,
                 samples: int = 0) -> GuardResult:
     """The guard loop (steps 1-4 above).
 
@@ -272,16 +234,16 @@ class ModelProbe:
     """The loss of agreement with the ANN of a whole SNN on guard data (step 2 of mode "model").
 
     ann, snn: ModelProto or path (``snn``: the SNN SSC starts from, the reference). data:
-    anything ``report.data.load_dataset`` reads; the first ``samples`` are used, labels ignored.
+    anything ``onnx2burst.data.load_data`` reads; the first ``samples`` are used, labels ignored.
     """
 
-    def __init__(self, ann, snn, data, *, samples: int | None = DEFAULT_GUARD_SAMPLES, batch_size: int = 256,
-                 threads: int | None = None, kernel: bool | None = None):
-        from ..report.evaluate import load_onnx
-
+    def __init__(self, ann, snn, data, *, samples: int | None = 4096, batch_size: int = 256,
+                 threads: int | None = None, kernel: bool | None = None, max_memory=None,
+                 progress: Progress | None = None):
         ann, snn = load_onnx(ann), load_onnx(snn)
-        self.ds = _guard_dataset(ann, data, samples, batch_size)
+        self.ds = _guard_dataset(ann, data, samples, batch_size, max_memory)
         self.batch_size, self.threads = batch_size, threads
+        self.progress = progress_or_null(progress)
         self.kernel = ops.kernel_available() if kernel is None else kernel
         self.seconds = 0.0
         self.ann_class = self._classes(ann, False)
@@ -293,16 +255,15 @@ class ModelProbe:
 
     def _classes(self, model, kernel: bool) -> np.ndarray:
         t0 = time.perf_counter()
-        sess = ops.make_session(model, kernel=kernel, threads=self.threads)
-        a_in, a_out = data_input(model), model.graph.output[0].name
-        out = np.concatenate([sess.run([a_out], {a_in: x})[0].argmax(-1) for x, _ in self.ds.batches(self.batch_size)])
+        with self.progress.stage("SSC guard", 1) as stage:
+            sess = ops.make_session(model, kernel=kernel, threads=self.threads)
+            out = _classes(sess, self.ds, self.batch_size, model.graph.output[0].name)
+            stage.advance(1)
         self.seconds += time.perf_counter() - t0
         return out
 
     def agrees(self, snn) -> np.ndarray:
         """Per guard sample: does ``snn`` predict the ANN's class."""
-        from ..report.evaluate import load_onnx
-
         return self._classes(load_onnx(snn), self.kernel) == self.ann_class
 
     def loss(self, snn) -> tuple[float, float]:
@@ -362,7 +323,7 @@ class BackoffResult:
 
 
 def backed_off_ssc(table, choose: Callable, loss: Callable[[Mapping[str, float]], tuple[float, float]], *,
-                   tol: float = DEFAULT_GUARD_TOL, checks: int = DEFAULT_GUARD_CHECKS,
+                   tol: float = 0.005, checks: int = 8,
                    samples: int = 0) -> BackoffResult:
     """Mode "model" (steps 1-3 of the module docstring).
 

@@ -1,22 +1,25 @@
-"""Calibration data: every source becomes a ``CalibrationSet`` (the samples in memory, one
-array per model input, checked against the model's inputs).
+"""Model input data, for calibration, search, guard and evaluation alike: every source
+becomes a ``CalibrationSet`` (the samples in memory, one array per model input, optional
+labels, checked against the model's inputs).
 
-Sources (``load_calibration``):
+Sources (``load_data``):
 
 - a ``.npy`` file: the one input of a single-input model, ``[N, ...]``;
-- a ``.npz`` file: one array per input name, plus optional ``labels``; other arrays are
-  ignored (for a single-input model, a lone array under another name is taken too);
+- a ``.npz`` file: one array per input name, plus optional ``labels`` (or ``label``, ``y``,
+  ``targets``); other arrays are ignored. For a single-input model the input may also be
+  named ``input``, ``x``, ``inputs``, ``data`` or ``images``, or be the only array;
 - a folder of images (png, jpg, bmp, gif, tif, webp; searched recursively), resized to
   ``ImageOptions.size`` (default: the model's H, W) and normalised as
   ``(pixel/255 - mean) / std``; needs Pillow. An image whose header declares more than
   ``ImageOptions.max_pixels`` pixels is refused before it is decoded;
-- from Python: a numpy array (single input), a mapping ``{input name: array}``, an
+- from Python: a numpy array (single input), an ``(inputs, labels)`` pair (single input), a
+  mapping ``{input name: array}``, a ``CalibrationSet``, an
   onnxruntime-style reader (``get_next()`` returning an input dict or None; ``rewind()``
   is called first when it has one), or any iterable of input dicts (or of arrays, for a
   single input). Items may be batched ``[B, ...]`` or single samples.
 
-At most ``samples`` samples are kept: a seeded random subset of a larger file or folder,
-the first ones of a reader. Files are always read with ``allow_pickle=False``; in an
+At most ``samples`` samples are kept: with a ``seed``, a seeded random subset of a larger
+file or folder; without, the first ones (always the first ones of a reader). Files are always read with ``allow_pickle=False``; in an
 ``.npz`` only the arrays used are decompressed, after their headers were checked: an object
 dtype (a pickle) is refused unread, and arrays larger than the memory limit (``max_memory``,
 see ``onnx2burst.limits``) raise ``ResourceLimitError`` (zip bombs); so do the samples of an
@@ -27,8 +30,7 @@ data, NaN/inf, a wrong rank, shape or dtype, pickled objects.
 from __future__ import annotations
 
 import os
-import re
-import warnings
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -38,14 +40,16 @@ import onnx
 from onnx import helper
 
 from ..config import ImageOptions
-from ..errors import CalibrationDataError, ResourceLimitError
-from ..limits import format_bytes, memory_limit
+from ..errors import CalibrationDataError
+from .files import np_load, npy_array, npz_arrays, subset
+from .images import read_image_folder
 
-__all__ = ["InputSpec", "CalibrationSet", "load_calibration", "input_specs", "npz_headers", "npz_arrays",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["InputSpec", "CalibrationSet", "load_data", "input_specs"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 LABELS = "labels"
+#: other names an .npz may use for the labels, and for the input of a single-input model
+LABEL_KEYS = (LABELS, "label", "y", "targets")
+INPUT_KEYS = ("input", "x", "inputs", "data", "images")
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,6 @@ def _check(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     return arr
 
 
-def _subset(n: int, samples: int, seed: int) -> np.ndarray | None:
-    if n <= samples:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
-
-
 def _from_arrays(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where: str, samples: int, seed: int,
                  allow_single_rename: bool = True) -> CalibrationSet:
     arrays = dict(arrays)
@@ -163,7 +161,7 @@ def _from_arrays(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where
     count = next(iter(n.values()))
     if count == 0:
         raise CalibrationDataError(f"{where}: the calibration data is empty (0 samples)")
-    sel = _subset(count, samples, seed)
+    sel = subset(count, samples, seed)
     out = {}
     for spec in specs:
         a = arrays[spec.name]
@@ -181,112 +179,25 @@ def _from_arrays(arrays: Mapping[str, np.ndarray], specs: list[InputSpec], where
     return CalibrationSet(out, labels, where)
 
 
-# ------------------------------------------------------------------ files
-def _np_load(path: Path):
-    try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if path.suffix == ".npy" else None)
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise CalibrationDataError(f"{path}: holds pickled Python objects; refused (only plain numeric "
-                                       "arrays are read, never pickles)") from None
-        raise CalibrationDataError(f"{path}: not a readable numpy file: {e}") from None
-    except Exception as e:  # noqa: BLE001 - OSError, EOFError, BadZipFile, ...: a damaged file
-        raise CalibrationDataError(f"{path}: not a readable numpy file: {e}") from None
-
-
-def _npz_header(z, key: str, path: Path, used: bool = True) -> tuple[tuple, np.dtype] | None:
-    """Shape and dtype of array ``key`` of an open ``.npz``, from its .npy header only (None
-    for an unreadable member that is not ``used``); an object dtype is refused."""
-    fmt = np.lib.format
-    member = key + ".npy" if key + ".npy" in z.zip.namelist() else key
-    try:
-        with z.zip.open(member) as f:
-            version = fmt.read_magic(f)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, _, dtype = read(f)
-    except Exception as e:  # noqa: BLE001 - not .npy magic, a damaged header, a zip error
-        if not used:
-            return None
-        raise CalibrationDataError(f"{path}: member {member!r} is not a readable numpy array: {e}") from None
-    if dtype.hasobject:
-        raise CalibrationDataError(f"{path}: array {key!r} holds pickled Python objects ({dtype}); refused unread "
-                                   "(only plain numeric arrays are read, never pickles)")
-    return tuple(shape), dtype
-
-
-def npz_headers(z, path) -> dict[str, tuple[tuple, np.dtype] | None]:
-    """``{name: (shape, dtype)}`` of every array of an open ``.npz`` (``np.load(...,
-    allow_pickle=False)``), read from the .npy headers only: nothing is decompressed. An
-    object dtype (a pickle) anywhere raises ``CalibrationDataError``; a member that is not
-    an .npy array gives None."""
-    try:
-        keys = list(z.files)
-    except Exception as e:  # noqa: BLE001
-        raise CalibrationDataError(f"{path}: not a readable .npz archive: {e}") from None
-    return {k: _npz_header(z, k, Path(path), used=False) for k in keys}
-
-
-def npz_arrays(z, path, wanted, max_memory=None) -> dict[str, np.ndarray]:
-    """Arrays ``wanted`` of an open ``.npz``, decompressed only after ``npz_headers`` and a
-    check of their total size against the memory limit (``ResourceLimitError``: zip bombs)."""
-    headers = npz_headers(z, path)
-    for k in wanted:
-        if headers[k] is None:
-            _npz_header(z, k, Path(path))  # raises, naming the member
-    need = sum(int(np.prod(headers[k][0], dtype=np.float64)) * headers[k][1].itemsize for k in wanted)
-    limit, source = memory_limit(max_memory)
-    if need > limit:
-        shown = ", ".join(f"{k!r} {list(headers[k][0])} {headers[k][1]}" for k in wanted)
-        raise ResourceLimitError(
-            f"{path}: its arrays {shown} need {format_bytes(need)} ({need:,} bytes) once decompressed, more "
-            f"than the limit of {format_bytes(limit)} ({limit:,} bytes; {source}); refused before reading them")
-    out = {}
-    for k in wanted:
-        try:
-            out[k] = z[k]
-        except ValueError as e:
-            raise CalibrationDataError(f"{path}: array {k!r} holds pickled Python objects; refused ({e})") from None
-        except Exception as e:  # noqa: BLE001 - zip/CRC errors of a damaged file
-            raise CalibrationDataError(f"{path}: cannot read array {k!r}: {e}") from None
-    return out
-
-
 def _load_npz(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
-    z = _np_load(path)
+    z = np_load(path)
     if not hasattr(z, "files"):
         raise CalibrationDataError(f"{path}: expected an .npz archive")
     with z:
         keys = list(z.files)
         names = [s.name for s in specs]
-        others = [k for k in keys if k != LABELS]
-        if len(specs) == 1 and names[0] not in keys and len(others) == 1:
-            wanted = list(others)  # a lone array for a single-input model (as _from_arrays takes it)
-        else:
-            wanted = [k for k in names if k in keys]
-        wanted += [LABELS] if LABELS in keys else []
-        arrays: dict = dict.fromkeys(keys)  # arrays not used are never decompressed
-        arrays.update(npz_arrays(z, path, wanted, max_memory))
+        lab = next((k for k in LABEL_KEYS if k in keys), None)
+        others = [k for k in keys if k != lab]
+        rename = {lab: LABELS} if lab else {}
+        if len(specs) == 1 and names[0] not in keys:  # a single input under a usual name, or alone
+            alias = next((k for k in INPUT_KEYS if k in others), None) or (others[0] if len(others) == 1 else None)
+            if alias:
+                rename[alias] = names[0]
+        wanted = [k for k in keys if k in names or k in rename]
+        arrays: dict = dict.fromkeys(k for k in keys if k not in rename)  # arrays not used are never decompressed
+        for k, v in npz_arrays(z, path, wanted, max_memory).items():
+            arrays[rename.get(k, k)] = v
     return _from_arrays(arrays, specs, str(path), samples, seed)
-
-
-def npy_array(path, samples: int | None = None, max_memory=None) -> np.ndarray:
-    """The array of a ``.npy`` file, memory-mapped (no pickles, no objects), refused when its
-    first ``samples`` rows (all when None) would need more than the memory limit."""
-    path = Path(path)
-    a = _np_load(path)
-    if not isinstance(a, np.ndarray):
-        raise CalibrationDataError(f"{path}: expected a .npy array")
-    if a.dtype == object:
-        raise CalibrationDataError(f"{path}: holds Python objects; refused")
-    rows = (a.shape[0] if samples is None else min(a.shape[0], samples)) if a.ndim else 0
-    need = rows * int(np.prod(a.shape[1:], dtype=np.float64)) * a.dtype.itemsize
-    limit, source = memory_limit(max_memory)
-    if need > limit:  # a (sparse) file declaring huge samples: the copy out of the map is bounded
-        raise ResourceLimitError(
-            f"{path}: {rows} samples of shape {list(a.shape[1:])} {a.dtype} need {format_bytes(need)} ({need:,} "
-            f"bytes), more than the limit of {format_bytes(limit)} ({limit:,} bytes; {source}); refused before "
-            "reading them")
-    return a
 
 
 def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationSet:
@@ -295,73 +206,6 @@ def _load_npy(path: Path, specs, samples, seed, max_memory=None) -> CalibrationS
                                    f"{[s.name for s in specs]}; use an .npz with one array per input")
     a = npy_array(path, samples, max_memory)
     return _from_arrays({specs[0].name: a}, specs, str(path), samples, seed)
-
-
-def _load_images(folder: Path, specs, samples, seed, image: ImageOptions) -> CalibrationSet:
-    if len(specs) != 1:
-        raise CalibrationDataError(f"{folder}: images feed a single-input model; this one has inputs "
-                                   f"{[s.name for s in specs]}")
-    spec = specs[0]
-    if spec.shape is None or len(spec.shape) != 4:
-        raise CalibrationDataError(f"{folder}: images need a model input [N, C, H, W]; the model's is {spec.show()}")
-    c, h, w = spec.shape[1:]
-    if not isinstance(c, int) or c not in (1, 3, 4):
-        raise CalibrationDataError(f"{folder}: the model input has {c} channels; images give 1, 3 or 4")
-    if image.size is not None:
-        h, w = image.size
-    elif not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        raise CalibrationDataError(f"{folder}: the model input's H, W are not fixed ({spec.show()}); give --size")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise CalibrationDataError(f"{folder}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
-    sel = _subset(len(files), samples, seed)
-    files = [files[i] for i in sel] if sel is not None else files[:samples]
-    try:
-        from PIL import Image
-    except ImportError:
-        raise CalibrationDataError("reading an image folder needs Pillow (pip install pillow)") from None
-    mean = np.array(image.mean, np.float32)
-    std = np.array(image.std, np.float32)
-    for name, v in (("--mean", mean), ("--std", std)):
-        if v.size not in (1, c):
-            raise CalibrationDataError(f"{name} has {v.size} values; the model input has {c} channels (give 1 or {c})")
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
-    out = np.empty((len(files), c, h, w), np.float32)
-    cap = int(image.max_pixels)
-    limit_msg = f"the limit is {cap:,} pixels (ImageOptions.max_pixels, --max-image-pixels)"
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = cap  # Pillow's own check at open: warns above cap, raises above 2*cap
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for k, f in enumerate(files):
-                try:
-                    with Image.open(f) as im:  # lazy: reads the header, decodes nothing yet
-                        iw, ih = im.size
-                        if iw * ih > cap:
-                            raise CalibrationDataError(
-                                f"{f}: the image declares {iw}x{ih} = {iw * ih:,} pixels; {limit_msg}; refused "
-                                "before decoding (a decompression bomb?)")
-                        im = im.convert(mode).resize((w, h), Image.BILINEAR)
-                        a = np.asarray(im, dtype=np.float32).reshape(h, w, c)
-                except CalibrationDataError:
-                    raise
-                except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                    n = re.search(r"\((\d+) pixels\)", str(e))  # Pillow's check at open, same cap
-                    size = f"{int(n.group(1)):,} pixels" if n else f"too many pixels ({e})"
-                    raise CalibrationDataError(f"{f}: the image declares {size}; {limit_msg}; refused before "
-                                               "decoding (a decompression bomb?)") from None
-                except Exception as e:  # noqa: BLE001
-                    raise CalibrationDataError(f"{f}: cannot read the image: {e}") from None
-                out[k] = a.transpose(2, 0, 1)
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-    out /= np.float32(255.0)
-    out -= mean.reshape(-1, 1, 1)
-    out /= std.reshape(-1, 1, 1)
-    if out.dtype != spec.dtype:
-        raise CalibrationDataError(f"{folder}: images give float32; the model expects {spec.show()}")
-    return CalibrationSet({spec.name: _check(out, spec, str(folder))}, None, str(folder))
 
 
 # ------------------------------------------------------------------ readers and iterables
@@ -419,14 +263,19 @@ def _from_reader(source, specs: list[InputSpec], samples: int) -> CalibrationSet
     return CalibrationSet(inputs, lab, where)
 
 
-def load_calibration(source, specs: list[InputSpec] | onnx.ModelProto, *, samples: int = 512, seed: int = 0,
-                     image: ImageOptions | None = None, max_memory=None) -> CalibrationSet:
+def load_data(source, specs: list[InputSpec] | onnx.ModelProto, *, samples: int | None = None,
+              seed: int | None = None, image: ImageOptions | None = None, max_memory=None) -> CalibrationSet:
     """Read ``source`` (see the module docstring) into a checked ``CalibrationSet``.
+
+    samples: keep at most this many (None: all). seed: which ones when there are more (a
+    seeded random subset); None: the first ``samples``.
 
     max_memory: the most bytes the arrays read from an ``.npz``, or the samples copied out of
     an ``.npy``, may take (bytes or ``"8G"``; None: the memory available now)."""
     if isinstance(specs, onnx.ModelProto):
         specs = input_specs(specs)
+    if samples is None:
+        samples = sys.maxsize
     image = image or ImageOptions()
     if isinstance(source, CalibrationSet):
         return _from_arrays({**source.inputs, **({LABELS: source.labels} if source.labels is not None else {})},
@@ -436,7 +285,8 @@ def load_calibration(source, specs: list[InputSpec] | onnx.ModelProto, *, sample
         if not path.exists():
             raise CalibrationDataError(f"calibration data not found: {path}")
         if path.is_dir():
-            return _load_images(path, specs, samples, seed, image)
+            out = read_image_folder(path, specs, samples, seed, image)
+            return CalibrationSet({specs[0].name: _check(out, specs[0], str(path))}, None, str(path))
         suffix = path.suffix.lower()
         if suffix == ".npz":
             return _load_npz(path, specs, samples, seed, max_memory)
@@ -448,6 +298,10 @@ def load_calibration(source, specs: list[InputSpec] | onnx.ModelProto, *, sample
             raise CalibrationDataError(f"an array was given, but the model has inputs {[s.name for s in specs]}; "
                                        "give a dict {input name: array}")
         return _from_arrays({specs[0].name: source}, specs, "array", samples, seed)
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], np.ndarray) and len(specs) == 1:
+        x, y = source  # (inputs, labels)
+        return _from_arrays({specs[0].name: x, **({LABELS: y} if y is not None else {})}, specs, "arrays", samples,
+                            seed)
     if isinstance(source, Mapping):
         return _from_arrays(source, specs, "dict of arrays", samples, seed, allow_single_rename=False)
     if hasattr(source, "get_next") or hasattr(source, "__iter__"):

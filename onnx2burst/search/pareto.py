@@ -1,4 +1,4 @@
-"""Exact Pareto-frontier dynamic programme for per-layer choices (ALGORITHM.md §8).
+"""Exact Pareto-frontier dynamic programme for per-layer choices (docs/method.md §8).
 
 Layer ``i`` picks one candidate ``k`` out of its list; each candidate has a ``cost`` and a
 ``profit``; layers are independent and both add up. :func:`pareto_select` minimises the
