@@ -379,7 +379,7 @@ def load(model) -> OnnxModule:
 
 def _example_inputs(model: onnx.ModelProto, batch: int = 2):
     """One constant tensor per graph input (unknown dims -> ``batch``), for tracing."""
-    from ..data.sources import input_specs
+    from ..data import input_specs
 
     out = []
     for spec in input_specs(model):

@@ -135,6 +135,10 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
         raise ConfigError(f"tune needs a SearchConfig, got {type(config).__name__}")
     if not config.any:
         raise ConfigError("tune: nothing to do (neither BSR nor SSC)")
+    target = config.psi_target or max(p for p, _ in conv.settings().values())
+    if config.bsr and target > config.psi_max:
+        raise ConfigError(f"--bsr: the budget is the energy of psi = {target} (--psi-target, else --psi), above "
+                          f"--psi-max {config.psi_max}; raise --psi-max or lower --psi-target")
     progress = progress_or_null(progress)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
