@@ -1,7 +1,7 @@
 """A typed view of an SNN file: the one place that reads BurstIF nodes back out of a graph.
 
 ``read_snn(model)`` returns an :class:`SNN`: its neurons in graph order, each with the
-attributes of docs/method.md §1 (``T``, ``psi``, ``tau``), its threshold ``vth`` when that is
+attributes of docs/method.md §2 (``T``, ``psi``, ``tau``), its threshold ``vth`` when that is
 an initializer, and the tensors it reads and writes; the model's data inputs and outputs; the
 metadata ``convert`` wrote. Every consumer (search, energy, evaluation, the exports, the
 blocked-layout session) reads neurons through it instead of parsing node attributes.
@@ -44,7 +44,7 @@ def data_inputs(model: onnx.ModelProto) -> list[str]:
 class Neuron:
     """One BurstIF node: ``Y, spikes = BurstIF(X, vth; T, psi, tau)``.
 
-    Per neuron of channel c, with ``theta = tau * vth[c]`` and ``u = 0`` (docs/method.md §1)::
+    Per neuron of channel c, with ``theta = tau * vth[c]`` and ``u = 0`` (docs/method.md §2)::
 
         u += X[t] + theta / (2T);  s = clip(floor(u / theta), 0, psi);  u -= s * theta;  Y[t] = s * theta
 

@@ -106,3 +106,21 @@ def test_cited_documents_exist():
         assert "ALGORITHM.md" not in text, f"{p.relative_to(ROOT)} cites ALGORITHM.md"
         for doc in set(re.findall(r"docs/[\w.-]+\.md", text)):
             assert (ROOT / doc).is_file(), f"{p.relative_to(ROOT)} cites {doc}, which does not exist"
+
+
+def test_every_module_imports_first():
+    """Each module imports in a fresh interpreter state, whatever was imported before: no
+    circle through a partly initialised package."""
+    import subprocess
+    import sys
+
+    names = sorted(m for m in _modules() if m != "onnx2burst.torch")  # torch: an extra, tested in its own file
+    code = ("import importlib, sys\nbad = []\nfor name in %r:\n"
+            "    for m in [k for k in sys.modules if k == 'onnx2burst' or k.startswith('onnx2burst.')]:\n"
+            "        del sys.modules[m]\n"
+            "    try:\n        importlib.import_module(name)\n"
+            "    except Exception as e:\n        bad.append(f'{name}: {type(e).__name__}: {e}')\n"
+            "print('\\n'.join(bad))\n" % names)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", out.stdout

@@ -34,7 +34,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph.index import attr as _attr
-from .schema import DOMAIN, OP_TYPE
 
 __all__ = ["blocked_session", "rewrite_blocked", "nchwc_block_size"]
 
@@ -61,6 +60,8 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     operations in the same order, one pass over the activation fewer.
     Returns (the rewritten copy, how many BurstIF nodes now run blocked).
     """
+    from ..snn import read_snn  # the SNN reader builds on this package's schema: imported when used
+
     g = model.graph
     uses: dict[str, int] = defaultdict(int)
     for n in g.node:
@@ -83,7 +84,8 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     def twin(name):
         return blocked.get(name)
 
-    for n in g.node:
+    neurons = {nr.index: nr for nr in read_snn(model, require=False).neurons}
+    for index, n in enumerate(g.node):
         ins = [alias.get(i, i) for i in n.input]
         if n.domain == NCHWC_DOMAIN and n.op_type == "ReorderOutput" and not _attr(n, "channels_last", 0):
             C = int(_attr(n, "channels", 0))
@@ -93,7 +95,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
                 and twin(ins[0]) is not None:
             alias[n.output[0]] = twin(ins[0])[0]
             continue
-        if n.domain == DOMAIN and n.op_type == OP_TYPE and twin(ins[0]) is not None:
+        if index in neurons and twin(ins[0]) is not None:
             xb, C = twin(ins[0])
             yb = n.output[0] + "_nchwc"
             m = onnx.NodeProto()
@@ -103,7 +105,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
             m.output[0] = yb
             m.attribute.append(helper.make_attribute("channel_block", int(block)))
             src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
-            if src is not None and (src[1] == "add" or src[2] == int(_attr(n, "T", 0))):
+            if src is not None and (src[1] == "add" or src[2] == neurons[index].T):
                 folded.add(id(src[0]))  # the kernel does its work
                 if src[1] == "add":
                     m.input[0] = src[0].input[0]
