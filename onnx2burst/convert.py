@@ -125,6 +125,10 @@ class Converter:
         a = self.analysis
         self.check_resources(self.canonical.model, str(self.source_path or "the model"), info=self.canonical.info,
                              keep=[n.output for n in a.neurons])
+        if a.unsupported:
+            raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.unsupported],
+                                        hint="not even with --allow-inexact: such a node must come before the first "
+                                             "Relu or after the output")
         if a.shape_issues:
             raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.shape_issues],
                                         hint="compute the shape from the tensor it applies to")
@@ -274,7 +278,8 @@ class Converter:
             times["bias calibration"] = time.perf_counter() - t
         self.finalize(model, snn, vth, len(data), set(deltas))
         onnx.checker.check_model(model)
-        notes = list(self.analysis.notes) + [f"bias calibration skipped for {k}: {v}" for k, v in skipped.items()]
+        notes = list(self.analysis.notes) + stats.notes + [f"bias calibration skipped for {k}: {v}"
+                                                           for k, v in skipped.items()]
         return ConversionResult(model=model, analysis=self.analysis, snn=snn, thresholds=vth, settings=settings,
                                 deltas=deltas, skipped_bias=skipped, notes=notes, samples=len(data),
                                 seconds=time.perf_counter() - t0, stage_seconds=times)

@@ -50,7 +50,7 @@ def inspect(model, maxpool):
             t.add_row("", name, "after mean", "", "", "moved after the mean over T")
         for i in a.inexact:
             t.add_row("", i.node, "[red]not exact[/]", i.op_type, "", i.reason)
-        for i in a.shape_issues:
+        for i in a.shape_issues + a.unsupported:
             t.add_row("", i.node, "[red]unsupported[/]", i.op_type, "", i.reason)
         con.print(t)
         con.print(f"time starts (Tile x T) at: {', '.join(a.expansion) or '-'}")

@@ -17,6 +17,20 @@ __all__ = ["IMAGE_EXTENSIONS", "read_image_folder"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
 
+def _pixels(im, mode: str, c: int, size: tuple[int, int], Image) -> np.ndarray:
+    """``[H, W, c]`` float32 on the 8-bit scale 0..255. A 16-bit grey image (PNG ``I;16``,
+    read by Pillow as ``I``/``I;16*``) is scaled by 255/65535 instead of being clipped at 255."""
+    w, h = size
+    if im.mode == "I" or im.mode.startswith("I;16"):
+        grey = (im if im.mode == "I" else im.convert("I")).convert("F").resize((w, h), Image.BILINEAR)
+        a = np.asarray(grey, dtype=np.float32) * np.float32(255.0 / 65535.0)
+        a = np.repeat(a[:, :, None], min(c, 3), axis=2)
+        if c == 4:
+            a = np.concatenate([a, np.full((h, w, 1), 255.0, np.float32)], axis=2)
+        return a
+    return np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.float32).reshape(h, w, c)
+
+
 def read_image_folder(folder: Path, specs, samples: int, seed: int, image: ImageOptions) -> np.ndarray:
     """The images of ``folder`` (a seeded subset of ``samples``) as the one input ``[N, C, H, W]``
     float32 of ``specs``, normalised as ``(pixel/255 - mean) / std``."""
@@ -64,8 +78,7 @@ def read_image_folder(folder: Path, specs, samples: int, seed: int, image: Image
                             raise CalibrationDataError(
                                 f"{f}: the image declares {iw}x{ih} = {iw * ih:,} pixels; {limit_msg}; refused "
                                 "before decoding (a decompression bomb?)")
-                        im = im.convert(mode).resize((w, h), Image.BILINEAR)
-                        a = np.asarray(im, dtype=np.float32).reshape(h, w, c)
+                        a = _pixels(im, mode, c, (w, h), Image)
                 except CalibrationDataError:
                     raise
                 except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import GraphError
 
-__all__ = ["GraphIndex", "attr", "attrs", "default_opset", "unique_name", "topological_sort", "make_reduce"]
+__all__ = ["GraphIndex", "attr", "attrs", "subgraph_inputs", "default_opset", "unique_name", "topological_sort", "make_reduce"]
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
@@ -141,7 +141,7 @@ class GraphIndex:
             if any(o in needed for o in node.output):
                 keep.append(node)
                 needed.update(i for i in node.input if i)
-                needed.update(_subgraph_inputs(node))
+                needed.update(subgraph_inputs(node))
         removed = len(g.node) - len(keep)
         if removed:
             kept = {id(n) for n in keep}
@@ -157,14 +157,14 @@ class GraphIndex:
         return removed
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+def subgraph_inputs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs read from the outer scope (over-approximated: all their inputs)."""
     names: set[str] = set()
     for a in node.attribute:
         for g in ([a.g] if a.HasField("g") else list(a.graphs)):
             for n in g.node:
                 names.update(i for i in n.input if i)
-                names.update(_subgraph_inputs(n))
+                names.update(subgraph_inputs(n))
     return names
 
 
@@ -188,7 +188,7 @@ def topological_sort(graph: onnx.GraphProto) -> None:
     nodes = list(graph.node)
     deps = []
     for node in nodes:
-        d = {produced_by[i] for i in list(node.input) + sorted(_subgraph_inputs(node)) if i in produced_by}
+        d = {produced_by[i] for i in list(node.input) + sorted(subgraph_inputs(node)) if i in produced_by}
         deps.append(d)
     order, state = [], [0] * len(nodes)  # 0 new, 1 visiting, 2 done
     for start in range(len(nodes)):

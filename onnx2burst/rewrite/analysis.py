@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 
 from ..graph import Canonical, GraphIndex
-from .registry import Kind, Mark, classify
 from ..graph.index import attr as _attr
+from ..graph.index import subgraph_inputs
+from .registry import Kind, Mark, classify
 
 __all__ = ["BiasTarget", "Neuron", "OpIssue", "Analysis", "analyze"]
 
@@ -75,6 +76,7 @@ class Analysis:
     opset: int
     notes: list[str] = field(default_factory=list)
     shape_issues: list[OpIssue] = field(default_factory=list)
+    unsupported: list[OpIssue] = field(default_factory=list)   # never converted (If/Loop/Scan on spikes)
     maxpool: str = "lateral"                        # how the SNN pools (§3): "lateral" or "spikes"
 
     def neuron(self, name: str) -> Neuron:
@@ -157,6 +159,20 @@ def _bias_target(idx: GraphIndex, tensor: str, depth: dict[str, int]) -> BiasTar
     return None
 
 
+def _subgraph_reason(node) -> str | None:
+    """Why a node with a subgraph (If/Loop/Scan) that reads spikes cannot be converted."""
+    bodies = [a for a in node.attribute if a.HasField("g") or len(a.graphs)]
+    if not bodies:
+        return None
+    relus = []
+    for a in bodies:
+        for g in ([a.g] if a.HasField("g") else list(a.graphs)):
+            relus += [n.name or n.output[0] for n in g.node if n.op_type in ("Relu", "Clip")]
+    inside = f"; the Relu/Clip inside ({', '.join(relus)}) would not become neurons" if relus else ""
+    return (f"{node.op_type} with a subgraph ({', '.join(a.name for a in bodies)}) reads spikes: its body would "
+            f"run per timestep{inside}")
+
+
 def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
     """Analyse the canonical ANN (see the module docstring); ``maxpool`` only words the note."""
     model = canonical.model
@@ -164,34 +180,37 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
     info = canonical.info
     nodes = list(model.graph.node)
 
-    # 1. neurons
+    # a node's inputs include what its subgraphs (If/Loop/Scan bodies) read from this scope
+    inputs = {id(node): [i for i in node.input if i] + sorted(subgraph_inputs(node)) for node in nodes}
+
+    # 1. data tensors: what carries the batch (reached from a graph input, not through a shape)
+    data = set(idx.graph_inputs)
+    for node in nodes:
+        if node.op_type not in _NO_DATA and any(i in data for i in inputs[id(node)]):
+            data.update(o for o in node.output if o)
+
+    # 2. neurons: Relu/Clip on data (a Relu on weights or shapes is not a neuron), and the
+    #    temporal tensors (carry spikes)
     neuron_marks = {}
     plain_ctx = _Ctx(idx, set())
     for node in nodes:
-        if node.op_type in ("Relu", "Clip") and node.domain in ("", "ai.onnx"):
+        if node.op_type in ("Relu", "Clip") and node.domain in ("", "ai.onnx") and node.input[0] in data:
             m = classify(node, plain_ctx)
             if m.kind is Kind.NEURON:
                 neuron_marks[node.name] = m
-
-    # 2. data tensors (carry the batch) and temporal tensors (carry spikes)
-    data = set(idx.graph_inputs)
     temporal: set[str] = set()
     for node in nodes:
-        if node.op_type in _NO_DATA:
-            continue
-        ins = [i for i in node.input if i]
-        if any(i in data for i in ins):
-            data.update(o for o in node.output if o)
-        if node.name in neuron_marks or any(i in temporal for i in ins):
+        if node.op_type not in _NO_DATA and (node.name in neuron_marks or
+                                              any(i in temporal for i in inputs[id(node)])):
             temporal.update(o for o in node.output if o)
 
     # 3. marks of the spiking part; expansion points; shape paths from before the expansion
     ctx = _Ctx(idx, temporal)
     marks: dict[str, Mark] = {}
-    inexact, maxpools, tail, expansion, shape_issues = [], [], [], [], []
+    inexact, maxpools, tail, expansion, shape_issues, unsupported = [], [], [], [], [], []
     static_shape = set()
     for node in nodes:
-        ins = [i for i in node.input if i]
+        ins = inputs[id(node)]
         if node.op_type in _NO_DATA and ins and ins[0] in data and ins[0] not in temporal:
             static_shape.update(node.output)
         elif ins and all(i in static_shape or idx.is_const(i) for i in ins) and any(i in static_shape for i in ins):
@@ -201,7 +220,10 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
             continue
         m = neuron_marks.get(node.name) or classify(node, ctx)
         marks[node.name] = m
-        if m.kind is Kind.INEXACT:
+        why = _subgraph_reason(node)
+        if why:
+            unsupported.append(OpIssue(node.name, node.op_type, why))
+        elif m.kind is Kind.INEXACT:
             inexact.append(OpIssue(node.name, node.op_type, m.reason))
         elif m.kind is Kind.MAXPOOL:
             maxpools.append(node.name)
@@ -248,5 +270,5 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
                      "spikes so far wins)" if maxpool == "lateral" else "run per timestep on spikes"))
     return Analysis(neurons=neurons, analog_layers=analog, inexact=inexact, maxpools=maxpools,
                     output_tail=tail, expansion=expansion, temporal=temporal, marks=marks,
-                    opset=canonical.opset, notes=notes, shape_issues=shape_issues,
+                    opset=canonical.opset, notes=notes, shape_issues=shape_issues, unsupported=unsupported,
                     maxpool="lateral" if maxpool == "lateral" else "spikes")

@@ -33,6 +33,7 @@ from ..progress import NullProgress
 from ..calibration.runner import Runner
 from ..calibration.stats import RunningMax, RunningMean
 from ..config import ThresholdConfig
+from ..errors import CalibrationDataError
 from ..graph import Canonical, GraphIndex
 from ..rewrite.analysis import Analysis, Neuron
 
@@ -120,6 +121,7 @@ class ActivationStats:
     max: dict[str, np.ndarray] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
     samples: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def _mean_axis(n: Neuron) -> int | None:
@@ -152,8 +154,18 @@ def activation_stats(canonical: Canonical, analysis: Analysis, data: Calibration
             for j, k in enumerate(keys):
                 maxes[k].update(np.asarray(res[2 * j]).reshape(-1))
                 means[k].update(np.asarray(res[2 * j + 1]).reshape(-1), nb)
-    return ActivationStats({k: np.maximum(v.value, 0.0) for k, v in maxes.items()},
-                           {k: v.value for k, v in means.items()}, total)
+    stats = ActivationStats({k: np.maximum(v.value, 0.0) for k, v in maxes.items()},
+                            {k: v.value for k, v in means.items()}, total)
+    overflow = [k for k in keys if not (np.isfinite(stats.max[k]).all() and np.isfinite(stats.mean[k]).all())]
+    if overflow:
+        raise CalibrationDataError(
+            f"{data.source}: the ANN's activations overflow float32 (inf or NaN) at {', '.join(overflow)} on the "
+            "calibration data: no threshold can be fitted (are the inputs scaled as the model expects?)")
+    for k in keys:
+        if not (stats.max[k] > 0).any():
+            stats.notes.append(f"{k} is never positive on the {total} calibration samples: its threshold is 0 and it "
+                               "never spikes (are the calibration data representative, not all zero?)")
+    return stats
 
 
 def reference_thresholds(analysis: Analysis, stats: ActivationStats, settings: Mapping[str, tuple[int, float]]) \
