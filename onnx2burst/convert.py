@@ -32,7 +32,6 @@ For BSR/SSC (§8) use the stages directly::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -49,7 +48,7 @@ from . import __version__
 from .data import CalibrationSet, input_specs, load_data
 from .progress import NullProgress
 from .config import CalibrationConfig, ConvertConfig, SearchConfig, ThresholdConfig
-from .errors import ConfigError, GraphError, UnsupportedModelError
+from .errors import ConfigError, GraphError, UnsupportedModelError, onnxruntime_errors
 from .graph import Canonical, canonicalize
 from .io import file_sha256, load_model, model_sha256, read_external_data
 from .limits import enforce, estimate
@@ -59,20 +58,6 @@ from .tuning.thresholds import ActivationStats, activation_stats, search_thresho
 
 __all__ = ["convert", "Converter", "ConversionResult", "METADATA_PREFIX"]
 
-
-def _onnxruntime_errors(method):
-    """Report an onnxruntime failure (a model it cannot load or run: a dangling input, an
-    unknown op before the first neuron, weights of the wrong shape) as a ``GraphError``."""
-    @functools.wraps(method)
-    def wrapped(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - only onnxruntime's own errors are translated
-            if not type(e).__module__.startswith("onnxruntime"):
-                raise
-            detail = " ".join(str(e).split())
-            raise GraphError(f"onnxruntime cannot run the model: {detail}") from None
-    return wrapped
 
 METADATA_PREFIX = "onnx2burst."
 
@@ -182,7 +167,7 @@ class Converter:
             raise ConfigError("reuse_stats: the two converters hold different models")
         self._stats = other._stats
 
-    @_onnxruntime_errors
+    @onnxruntime_errors()
     def activation_stats(self, data: CalibrationSet, progress=None) -> ActivationStats:
         """Pass 1 (cached per data set)."""
         for seen, stats in self._stats:
@@ -194,7 +179,7 @@ class Converter:
         self._stats.append((data, stats))
         return stats
 
-    @_onnxruntime_errors
+    @onnxruntime_errors()
     def fit_thresholds(self, data: CalibrationSet, stats: ActivationStats | None = None,
                        settings: Mapping | None = None, *, thresholds: ThresholdConfig | None = None,
                        progress=None) -> dict:
@@ -213,7 +198,7 @@ class Converter:
         return build_snn(self.canonical, self.analysis, params, T=T or self.config.T,
                          per_timestep_output=self.config.per_timestep_output, allow_inexact=self.config.allow_inexact)
 
-    @_onnxruntime_errors
+    @onnxruntime_errors()
     def calibrate(self, snn: SNN, data: CalibrationSet, stats: ActivationStats | None = None, *,
                   neurons=None, progress=None):
         """Bias calibration (§5): returns ``tuning.bias.BiasCalibration`` (``.model``, ``.deltas``)."""
@@ -252,7 +237,7 @@ class Converter:
         model.producer_version = __version__
         return model
 
-    @_onnxruntime_errors
+    @onnxruntime_errors()
     def run(self, calib, progress=None) -> ConversionResult:
         """All stages on ``calib`` (anything ``load_data`` reads, or a ``CalibrationSet``)."""
         progress = progress or NullProgress()

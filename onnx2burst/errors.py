@@ -13,9 +13,11 @@ it is about, so that the CLI can print it as it is and exit non-zero.
 """
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
     "Onnx2BurstError", "ConfigError", "ModelLoadError", "ModelSaveError", "GraphError",
-    "UnsupportedModelError", "CalibrationDataError", "ResourceLimitError",
+    "UnsupportedModelError", "CalibrationDataError", "ResourceLimitError", "onnxruntime_errors",
 ]
 
 
@@ -62,3 +64,17 @@ class ResourceLimitError(Onnx2BurstError):
     """The model's declared sizes, its weights or the calibration plan would need more memory
     than the limit (``--max-memory``, default: the memory available); raised before anything
     runs. The message gives both numbers and the largest tensors by name."""
+
+
+@contextlib.contextmanager
+def onnxruntime_errors(subject: str = "the model"):
+    """Report an onnxruntime failure inside the block (a model it cannot load or run: a
+    dangling input, an unknown op, a batch the model does not take) as a ``GraphError``
+    naming ``subject``; other exceptions pass. Also a decorator: ``@onnxruntime_errors()``."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - only onnxruntime's own errors are translated
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        detail = " ".join(str(e).split())
+        raise GraphError(f"onnxruntime cannot run {subject}: {detail}") from None

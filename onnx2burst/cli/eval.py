@@ -22,8 +22,10 @@ from .options import max_memory_option
 @click.option("--e-ac", default=0.9, show_default=True, help="Energy of one accumulate, pJ.")
 @click.option("--e-mac", default=4.6, show_default=True, help="Energy of one multiply-accumulate, pJ.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--other-ann", is_flag=True,
+              help="Compare even when the SNN's metadata says it was converted from another model.")
 @max_memory_option
-def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory):
+def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory, other_ann):
     """Compare ANN.onnx with its SNN.onnx on DATA.
 
     Reports top-1 of both (when the data has labels), how often they agree, the mean
@@ -42,7 +44,8 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
     try:
         with cli_errors():
             r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
-                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=RichProgress(enabled=not as_json), max_memory=max_memory)
+                         limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=RichProgress(enabled=not as_json),
+                         max_memory=max_memory, other_ann=other_ann)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:

@@ -29,7 +29,7 @@ class EvalResult:
     snn: ModelStats
     agreement: float               # fraction of samples where both predict the same class
     sym_kl: float                  # mean symmetric KL of §6
-    energy: EnergyEstimate         # spikes, SynOps and energies per sample, §7
+    energy: EnergyEstimate | None  # spikes, SynOps and energies per sample, §7 (None: no BurstIF node)
     kernel: bool                   # the SNN ran with the C++ BurstIF kernel
     batch_size: int
     threads: int | None
@@ -40,6 +40,6 @@ class EvalResult:
         return {
             "samples": self.samples, "T": self.T, "ann": self.ann.to_dict(),
             "snn": self.snn.to_dict(), "agreement": self.agreement, "sym_kl": self.sym_kl,
-            "energy": self.energy.to_dict(), "kernel": self.kernel,
+            "energy": None if self.energy is None else self.energy.to_dict(), "kernel": self.kernel,
             "batch_size": self.batch_size, "threads": self.threads, "notes": list(self.notes),
         }

@@ -36,17 +36,20 @@ def eval_tables(r: EvalResult):
     s.add_row("top-1 agreement", "", _pct(r.agreement))
     s.add_row("mean symmetric KL", "", f"{r.sym_kl:.4g}")
     e = r.energy
-    s.add_row("MACs / sample", _si(e.ann_macs or 0), _si(e.analog_macs) + " (analog)")
-    s.add_row("spikes / sample", "", _si(e.spikes))
-    s.add_row("SynOps / sample", "", _si(e.synops))
-    s.add_row("energy / sample", _energy(e.e_ann_pj), _energy(e.e_snn_pj))
-    s.add_row("energy ratio SNN/ANN", "", "-" if e.ratio is None else f"{e.ratio:.3f}")
+    if e is not None:
+        s.add_row("MACs / sample", _si(e.ann_macs or 0), _si(e.analog_macs) + " (analog)")
+        s.add_row("spikes / sample", "", _si(e.spikes))
+        s.add_row("SynOps / sample", "", _si(e.synops))
+        s.add_row("energy / sample", _energy(e.e_ann_pj), _energy(e.e_snn_pj))
+        s.add_row("energy ratio SNN/ANN", "", "-" if e.ratio is None else f"{e.ratio:.3f}")
     s.add_row("ms / sample", f"{r.ann.ms_per_sample:.3f}", f"{r.snn.ms_per_sample:.3f}"
               + ("" if r.kernel else " (fallback)"))
 
     t = Table(title="per layer (per sample)", show_header=True)
     for c in ("layer", "spikes", "fanout", "SynOps", "share"):
         t.add_column(c, justify="left" if c == "layer" else "right")
+    if e is None:
+        return s, t
     for l in e.layers:
         t.add_row(l.name, f"{l.spikes:.1f}", f"{l.fanout:.4g}", _si(l.synops),
                   f"{100 * l.synops / e.synops:.1f} %" if e.synops else "-")

@@ -97,7 +97,7 @@ def joint_check(ann, model, data, choice: SearchChoice, m: Measurement, *, threa
     tb = m.psi if choice.kind == "psi" else m.tau
     delta = sum(float(tb.S[i, tb.column(choice.choice[name])]) - m.baseline_S for i, name in enumerate(tb.layers))
     predicted = m.baseline_S + delta
-    ev = evaluate(ann, model, data, limit=m.samples, threads=threads, kernel=kernel)
+    ev = evaluate(ann, model, data, limit=m.samples, threads=threads, kernel=kernel, other_ann=True)
     return JointCheck(m.baseline_S, float(predicted), float(ev.sym_kl))
 
 

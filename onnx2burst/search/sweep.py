@@ -75,7 +75,7 @@ def sweep_r(conv, data, res: TuneResult, rs: Sequence[float], eval_data, config:
             settings = {k: (p, float(choice.get(k, t_))) for k, (p, t_) in start.items()}
         model = rebuild(conv, data, stats, settings, progress=progress)
         ev = evaluate(conv.source, model, eval_data, threads=calib.threads, max_memory=calib.max_memory,
-                      **({"batch_size": config.batch_size} if config.batch_size else {}))
+                      other_ann=True, **({"batch_size": config.batch_size} if config.batch_size else {}))
         e = ev.energy
         out.append(SweepPoint(0.0 if r is None else r, {k: t for k, (_, t) in settings.items()},
                               None if ev.snn.top1 is None else float(ev.snn.top1), float(ev.agreement),
