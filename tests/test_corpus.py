@@ -299,9 +299,9 @@ def _table_rows(text: str, heading: str = "## What converts, and what does not")
     return rows
 
 
-@pytest.mark.parametrize("doc", ["README.md", "benchmarks/results/corpus.md"])
+@pytest.mark.parametrize("doc", ["docs/method.md", "benchmarks/results/corpus.md"])
 def test_whatconverts_documents_match_the_registry(doc):
-    """The README section and the benchmark's copy say what the registry does."""
+    """docs/method.md and the benchmark's copy say what the registry does."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / doc
