@@ -1,4 +1,4 @@
-"""A corpus of real-world-shaped ONNX graphs for the converter (issue 7), built with no downloads.
+"""A corpus of real-world-shaped ONNX graphs for the converter, built with no downloads.
 
 Two families, every weight seeded:
 

@@ -1,4 +1,4 @@
-"""benchmarks/search_acceptance.py: the issue's bounds, the sample draws and the summary."""
+"""benchmarks/search_acceptance.py: the targets, the sample draws and the summary."""
 import importlib.util
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Bad input, in one table (issue 7): every way a conversion can be asked to do something it
+"""Bad input, in one table: every way a conversion can be asked to do something it
 cannot, through the command line and through the Python API.
 
 Each row: how it is run (``cli``: ``onnx2burst convert`` in-process with click's runner;

@@ -1,4 +1,4 @@
-"""Real-world graphs (tests/corpus.py) through the whole converter (issue 7).
+"""Real-world graphs (tests/corpus.py) through the whole converter.
 
 Per corpus model: ``convert`` succeeds, or for ops that cannot be converted exactly raises
 ``UnsupportedModelError`` naming the nodes before any calibration data is read, then

@@ -1,4 +1,4 @@
-"""Portable SNN files (issue: interop) and convert --bsr/--ssc/--portable from the CLI."""
+"""Portable SNN files and convert --bsr/--ssc/--portable from the CLI."""
 from __future__ import annotations
 
 import json
