@@ -45,7 +45,7 @@ def main() -> None:
     lines = [f"# PyTorch module against onnxruntime ({common.machine()})", "",
              f"`python benchmarks/torch_agreement.py`: T = {args.T}, psi = {args.psi}, 512 calibration samples, the "
              "first test images of models/data/fmnist_test.npz. Torch sums its convolutions in another order "
-             "than onnxruntime, so the outputs differ in the last bits and a class can change.", "",
+             "than onnxruntime, so a membrane can cross its threshold one step apart: the outputs then differ by a spike's worth, and a class can change.", "",
              "| model | images | class changed | max abs. difference of the outputs | onnxruntime kernel |",
              "|---|---:|---:|---:|---|"]
     lines += [f"| {n} | {k} | {c} ({100 * c / k:.2f} %) | {d:.3g} | {'yes' if kern else 'fallback'} |"
