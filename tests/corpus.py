@@ -798,6 +798,44 @@ def mlp_batch1_op7(seed=0):
     return _center_head(g.model(7, [1, 1, 28, 28], x, [1, 10]), "fc3", seed)
 
 
+def squeezenet_head_op9(seed=0):
+    """SqueezeNet 1.0 from the first model zoo (opset 9, batch 1): Fire modules, and the head
+    conv10 -> Relu -> GlobalAveragePool -> Softmax on the 4-D [1, C, 1, 1] tensor (an opset
+    upgrade wraps that Softmax in Flatten ... Reshape)."""
+    g = _G(seed)
+    x = g.op("MaxPool", [g.relu(g.conv("x", 3, 16, 3, stride=2, name="conv1"))], kernel_shape=[3, 3], strides=[2, 2])
+    for i, (cin, sq, ex) in enumerate(((16, 4, 8), (16, 4, 8))):
+        s_ = g.relu(g.conv(x, cin, sq, 1, name=f"fire{i}_squeeze"))
+        e1 = g.relu(g.conv(s_, sq, ex, 1, name=f"fire{i}_expand1x1"))
+        e3 = g.relu(g.conv(s_, sq, ex, 3, name=f"fire{i}_expand3x3"))
+        x = g.op("Concat", [e1, e3], axis=1)
+    x = g.relu(g.conv(x, 16, 10, 1, name="conv10"))
+    x = g.op("GlobalAveragePool", [x], name="pool10")
+    x = g.op("Softmax", [x], name="prob")
+    return g.model(9, [1, 3, 32, 32], x, [1, 10, 1, 1])
+
+
+def shufflenet_caffe2_op9(seed=0):
+    """ShuffleNet (v1) from a Caffe2 export (opset 9, batch 1): grouped 1x1 convs, the channel
+    shuffle as Reshape to a hard-coded 5-D [1, g, C/g, H, W], Transpose, Reshape back to
+    [1, C, H, W]; depthwise 3x3, residual Add, AveragePool head."""
+    g = _G(seed)
+    x = g.relu(g.conv("x", 3, 16, 3, stride=2, name="conv1"))
+    for i in range(2):
+        y = g.relu(g.conv(x, 16, 16, 1, group=4, name=f"unit{i}_gconv1"))
+        y = g.op("Reshape", [y, _i64(g, f"unit{i}_shape5", [1, 4, 4, 8, 8])], name=f"unit{i}_shuffle_view")
+        y = g.op("Transpose", [y], name=f"unit{i}_shuffle", perm=[0, 2, 1, 3, 4])
+        y = g.op("Reshape", [y, _i64(g, f"unit{i}_shape4", [1, 16, 8, 8])], name=f"unit{i}_shuffle_back")
+        y = g.conv(y, 16, 16, 3, group=16, name=f"unit{i}_dwconv")
+        y = g.conv(y, 16, 16, 1, group=4, name=f"unit{i}_gconv2")
+        x = g.relu(g.op("Add", [x, y], name=f"unit{i}_add"))
+    x = g.op("GlobalAveragePool", [x])
+    x = g.op("Reshape", [x, _i64(g, "flat", [1, 16])], name="flatten_batch1")
+    x = g.gemm(x, 16, 10, name="fc", gain=1.0)
+    x = g.op("Softmax", [x], name="prob")
+    return _center_head(g.model(9, [1, 3, 16, 16], x, [1, 10]), "fc", seed)
+
+
 _HELPER = [  # (builder, opset, inexact ops, batch1, note)
     (caffenet_lrn_op7, 7, ("LRN",), True,
      "CaffeNet from Caffe2 (opset 7, weights among the inputs): LRN after ReLU (refused, converts with "
@@ -819,6 +857,12 @@ _HELPER = [  # (builder, opset, inexact ops, batch1, note)
      "Inception branches with MaxPool, Concat, Dropout, Reshape [-1, C], Softmax"),
     (mlp_batch1_op7, 7, (), True,
      "early-exporter MLP (opset 7): Reshape [1, 784] hard-coding batch 1, Gemm(transB), Dropout, LogSoftmax"),
+    (squeezenet_head_op9, 9, (), True,
+     "model-zoo SqueezeNet (opset 9, batch 1): Fire modules, conv10 -> Relu -> GlobalAveragePool -> Softmax "
+     "on the 4-D tensor (Flatten ... Reshape after the opset upgrade): a head, moved after the mean"),
+    (shufflenet_caffe2_op9, 9, (), True,
+     "Caffe2 ShuffleNet (opset 9, batch 1): channel shuffle through hard-coded 5-D Reshapes and Transpose, "
+     "grouped and depthwise convs, residual Add"),
 ]
 
 

@@ -43,6 +43,7 @@ TOL_CI = {
     "seresnet_op17": (0.12, 0.8), "caffenet_lrn_op7": (0.32, 0.6), "resnet_sum_op8": (0.28, 0.6),
     "constant_weights_op9": (0.2, 0.65), "mobilenetv1_clip_op8": (0.16, 0.8), "fcn_upsample_op9": (0.1, 0.8),
     "inception_lrn_op9": (0.15, 0.7), "mlp_batch1_op7": (0.2, 0.6),
+    "squeezenet_head_op9": (0.05, 0.9), "shufflenet_caffe2_op9": (0.1, 0.9),
 }
 #: CI runs these of the opset matrix (the opset-sensitive exports: Split, Clip, ReduceMean,
 #: Squeeze/Unsqueeze, BatchNormalization-15); --runslow runs all.

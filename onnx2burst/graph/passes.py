@@ -64,9 +64,16 @@ def canonicalize(model: onnx.ModelProto, *, maxpool: str = "lateral") -> Canonic
         notes.append(f"folded {n} BatchNormalization/affine node(s) into Conv/Gemm")
     fixed = free_batch(m)
     if fixed:
-        m = infer_shapes(m)
-        changed = fix_batch_reshapes(m, tensor_info(m), fixed)
-        free_batch(m)  # shape inference wrote the fixed batch back into the outputs
+        changed = []
+        for _ in range(len(m.graph.node) + 1):
+            # a Reshape freed here frees the batch of the tensors after it: the next Reshape of a
+            # chain (a channel shuffle's 5-D view and back) is found in the next round
+            m = infer_shapes(m)
+            new = fix_batch_reshapes(m, tensor_info(m), fixed)
+            free_batch(m)  # shape inference wrote the fixed batch back into the outputs
+            if not new:
+                break
+            changed += new
         notes.append(f"batch axis made symbolic (was {sorted(fixed)})"
                      + (f"; Reshape/Flatten nodes rewritten: {', '.join(changed)}" if changed else ""))
     if maxpool == "avg":

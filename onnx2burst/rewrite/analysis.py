@@ -22,6 +22,9 @@ __all__ = ["BiasTarget", "Neuron", "OpIssue", "Analysis", "analyze"]
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _NO_DATA = ("Shape", "Size")
 _OUTPUT_TAIL_OPS = ("Softmax", "LogSoftmax", "ArgMax")
+# shape-only ops that may follow a head at the output (an opset upgrade wraps a 4-D Softmax in
+# Flatten ... Reshape): they move after the mean with it
+_TAIL_SHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity")
 # ops between a layer and its neuron through which a per-channel bias shift passes unchanged
 _PER_CHANNEL_PASS = ("AveragePool", "GlobalAveragePool", "Identity")
 
@@ -109,7 +112,7 @@ class _Ctx:
                 continue
             seen.add(t)
             for c in self.idx.consumers.get(t, []):
-                if c.op_type not in _OUTPUT_TAIL_OPS:
+                if c.op_type not in _OUTPUT_TAIL_OPS + _TAIL_SHAPE_OPS:
                     return False
                 todo.extend(c.output)
         return any(t in outs for t in seen)
@@ -208,6 +211,7 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
     ctx = _Ctx(idx, temporal)
     marks: dict[str, Mark] = {}
     inexact, maxpools, tail, expansion, shape_issues, unsupported = [], [], [], [], [], []
+    tail_out: set[str] = set()
     static_shape = set()
     for node in nodes:
         ins = inputs[id(node)]
@@ -227,8 +231,9 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
             inexact.append(OpIssue(node.name, node.op_type, m.reason))
         elif m.kind is Kind.MAXPOOL:
             maxpools.append(node.name)
-        elif m.kind is Kind.OUTPUT:
+        elif m.kind is Kind.OUTPUT or (node.op_type in _TAIL_SHAPE_OPS and ins and ins[0] in tail_out):
             tail.append(node.name)
+            tail_out.update(node.output)
         for i in ins:
             if i in data and i not in temporal and i not in expansion:
                 expansion.append(i)

@@ -104,6 +104,20 @@ def _private_bias(idx: GraphIndex, analysis_neuron) -> tuple[str, int, float] | 
     return name, -1, 1.0
 
 
+def _per_sample_shape(shape: str, T: int, idx: GraphIndex, nodes: list, i64) -> str:
+    """``shape`` (of a ``[T*N, ...]`` tensor) with its first entry divided by T: ``[N, ...]``."""
+    first, rest, n, out = (idx.fresh(shape + s) for s in ("_batch", "_rest", "_per_sample", "_after_mean"))
+    nodes += [
+        helper.make_node("Slice", [shape, i64(shape + "_zero", [0]), i64(shape + "_one", [1])], [first],
+                         name=idx.fresh(shape + "_batch_of")),
+        helper.make_node("Slice", [shape, i64(shape + "_one_", [1]), i64(shape + "_end", [2**62])], [rest],
+                         name=idx.fresh(shape + "_rest_of")),
+        helper.make_node("Div", [first, i64(shape + "_T", [T])], [n], name=idx.fresh(shape + "_over_T")),
+        helper.make_node("Concat", [n, rest], [out], axis=0, name=idx.fresh(shape + "_per_sample_of")),
+    ]
+    return out
+
+
 def _output_means(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, per_timestep: bool, info: dict):
     outputs, per_t_outputs = [], []
     i64 = lambda name, vals: idx.set_const(idx.fresh(name), np.array(vals, np.int64))  # noqa: E731
@@ -143,6 +157,10 @@ def _output_means(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, pe
             new = onnx.NodeProto()
             new.CopyFrom(tnode)
             new.input[0] = prev
+            for j in range(1, len(new.input)):  # a shape read off a time-folded tensor: per sample
+                p = idx.producer.get(new.input[j])
+                if p is not None and p.op_type == "Shape" and not p.attribute and p.input[0] in analysis.temporal:
+                    new.input[j] = _per_sample_shape(new.input[j], T, idx, nodes, i64)
             if k < len(tail) - 1:
                 new.output[0] = idx.fresh(tnode.output[0] + "_after_mean")
             prev = new.output[0]
