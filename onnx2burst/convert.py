@@ -60,6 +60,29 @@ __all__ = ["convert", "Converter", "ConversionResult", "METADATA_PREFIX"]
 
 
 METADATA_PREFIX = "onnx2burst."
+_OTHER_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
+                 onnx.TensorProto.BFLOAT16: "bfloat16"}
+
+
+def _check_interface(model: onnx.ModelProto, what: str) -> None:
+    """Refuse, naming the tensor, what the converter cannot take: a model computing in another
+    float type than float32, an input without a batch axis (rank 0 or 1)."""
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    for vi in list(g.input) + list(g.output):
+        tt = vi.type.tensor_type
+        if tt.elem_type in _OTHER_FLOATS:
+            raise GraphError(f"{what}: {vi.name!r} is {_OTHER_FLOATS[tt.elem_type]}; onnx2burst converts float32 "
+                             "models: convert the model to float32 first")
+        if vi.name not in inits and vi.name not in {o.name for o in g.output} and tt.HasField("shape") \
+                and len(tt.shape.dim) < 2:
+            dims = [d.dim_value or d.dim_param or "?" for d in tt.shape.dim]
+            raise GraphError(f"{what}: input {vi.name!r} has shape {dims}, no batch axis: onnx2burst needs inputs "
+                             "[N, ...] (export the model with a batch axis)")
+    for t in g.initializer:
+        if t.data_type in _OTHER_FLOATS:
+            raise GraphError(f"{what}: weight {t.name!r} is {_OTHER_FLOATS[t.data_type]}; onnx2burst converts float32 "
+                             "models: convert the model to float32 first")
 
 
 @dataclass
@@ -105,6 +128,7 @@ class Converter:
             self.check_resources(self.source, str(self.source_path))
             read_external_data(self.source, self.source_path)
             self.source_sha256 = file_sha256(self.source_path)
+        _check_interface(self.source, str(self.source_path or "the model"))
         self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
         self.analysis: Analysis = analyze(self.canonical, self.config.maxpool)
         a = self.analysis

@@ -53,3 +53,50 @@ def test_16_bit_images_keep_their_range(tmp_path):
     x = load_data(tmp_path, ann, image=ImageOptions()).inputs["x"]
     np.testing.assert_allclose(x[0, 0], grey / 65535.0, atol=1e-6)
     assert (x >= 1.0).mean() < 0.01
+
+
+def _retyped(model, elem):
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for v in list(m.graph.input) + list(m.graph.output):
+        v.type.tensor_type.elem_type = elem
+    np_t = onnx.helper.tensor_dtype_to_np_dtype(elem)
+    for t in m.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np_t), t.name))
+    return m
+
+
+@pytest.mark.parametrize("elem, name", [(onnx.TensorProto.FLOAT16, "float16"), (onnx.TensorProto.DOUBLE, "float64")])
+def test_models_in_other_float_types_are_refused_saying_the_type(elem, name):
+    from onnx2burst.errors import GraphError
+
+    m = _retyped(fm.conv_relu(), elem)
+    with pytest.raises(GraphError, match=f"'x' is {name}; onnx2burst converts float32"):
+        onnx2burst.Converter(m, onnx2burst.ConvertConfig())
+
+
+def test_an_input_without_batch_axis_is_refused():
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx2burst.errors import GraphError
+
+    g = helper.make_graph([helper.make_node("Gemm", ["x2", "w"], ["h"], name="fc"),
+                           helper.make_node("Relu", ["h"], ["y"], name="relu")], "flat",
+                          [helper.make_tensor_value_info("x2", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                          [numpy_helper.from_array(np.ones((4, 3), np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.graph.input[0].type.tensor_type.shape.dim.pop(0)   # x2 [4]: features, no batch
+    with pytest.raises(GraphError, match=r"input 'x2' has shape \[4\], no batch axis"):
+        onnx2burst.Converter(m, onnx2burst.ConvertConfig())
+
+
+def test_an_image_folder_for_a_channels_last_model_says_so(tmp_path):
+    from onnx import TensorProto, helper
+
+    m = fm.conv_relu()
+    m.graph.input[0].type.CopyFrom(helper.make_tensor_type_proto(TensorProto.FLOAT, ["N", 28, 28, 1]))
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(CalibrationDataError, match="channels last"):
+        load_data(tmp_path, m)

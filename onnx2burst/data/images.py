@@ -42,6 +42,10 @@ def read_image_folder(folder: Path, specs, samples: int, seed: int, image: Image
         raise CalibrationDataError(f"{folder}: images need a model input [N, C, H, W]; the model's is {spec.show()}")
     c, h, w = spec.shape[1:]
     if not isinstance(c, int) or c not in (1, 3, 4):
+        if isinstance(spec.shape[3], int) and spec.shape[3] in (1, 3, 4):
+            raise CalibrationDataError(f"{folder}: the model input {spec.name!r} is {spec.show()}, channels last "
+                                       "(NHWC); image folders feed [N, C, H, W] inputs: give the data as .npy/.npz "
+                                       "in the model's layout")
         raise CalibrationDataError(f"{folder}: the model input has {c} channels; images give 1, 3 or 4")
     if image.size is not None:
         h, w = image.size
