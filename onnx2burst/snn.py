@@ -113,11 +113,17 @@ def _int(value, what: str, lo: int = 1) -> int:
     return v
 
 
+#: what a BurstIF node in a file may carry; the kernel's extras (``channel_block``,
+#: ``time_broadcast``, a third input) exist only in sessions ``ops.make_session`` builds.
+FILE_ATTRIBUTES = ("T", "psi", "tau")
+
+
 def read_snn(model: onnx.ModelProto, *, require: bool = True, require_vth: bool = False) -> SNN:
     """Read the BurstIF neurons, inputs, outputs and metadata of ``model``.
 
     require: an SNN without BurstIF node is an error (``ConfigError``) rather than an empty
-    view. require_vth: every threshold must be an initializer. Layer names must be unique.
+    view. require_vth: every threshold must be an initializer. Layer names must be unique; a
+    node with the kernel's session-only extras (which change its sizes) is refused.
     """
     inits = {t.name: t for t in model.graph.initializer}
     neurons = []
@@ -125,6 +131,11 @@ def read_snn(model: onnx.ModelProto, *, require: bool = True, require_vth: bool 
         if not is_neuron(n):
             continue
         name = layer_name(n)
+        extra = sorted({a.name for a in n.attribute} - set(FILE_ATTRIBUTES)) + (["a third input"] if len(n.input) > 2
+                                                                                  else [])
+        if extra:
+            raise ConfigError(f"BurstIF {name}: {', '.join(extra)} is not part of an SNN file (the kernel takes it only "
+                              "inside the sessions onnx2burst builds)")
         vth = None
         if len(n.input) > 1 and n.input[1] in inits:
             vth = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32).reshape(-1)

@@ -102,3 +102,17 @@ def test_outputs_of_different_shapes_are_not_compared(pair, tmp_path):
     res = CliRunner().invoke(main, ["eval", str(pair / "ann.onnx"), str(tmp_path / "other.onnx"), "--data",
                                     str(pair / "test.npz"), "--json"])
     assert res.exit_code == 1 and "not an ANN and its SNN" in res.output
+
+
+@pytest.mark.parametrize("extra", ["time_broadcast", "channel_block"])
+def test_a_file_with_the_kernels_session_extras_is_refused(pair, tmp_path, extra):
+    """time_broadcast would make a node's output T times its input: around the memory estimate."""
+    from onnx import helper
+
+    snn = onnx.load(pair / "snn.onnx")
+    node = next(n for n in snn.graph.node if n.op_type == "BurstIF")
+    node.attribute.append(helper.make_attribute(extra, 1))
+    save_model(snn, tmp_path / "crafted.onnx")
+    res = CliRunner().invoke(main, ["eval", str(pair / "ann.onnx"), str(tmp_path / "crafted.onnx"), "--data",
+                                    str(pair / "test.npz"), "--json"])
+    assert res.exit_code == 1 and extra in res.output and "Traceback" not in res.output
