@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 __all__ = ["MAXPOOL_MODES", "THRESHOLD_METHODS", "ENERGY_MODES", "GUARD_MODES", "DEFAULT_TAU_GRID", "LayerConfig",
            "ThresholdConfig", "ImageOptions", "CalibrationConfig", "ConvertConfig", "GuardConfig", "SearchConfig",
-           "parse_grid"]
+           "parse_grid", "MAX_T", "MAX_PSI", "MAX_SAMPLES", "MAX_BATCH", "MAX_THREADS", "MAX_SEED"]
 
 #: MaxPool handling (§3). "lateral" (the default: measured best, see ``onnx2burst.graph.maxpool``):
 #: lateral inhibition, each window passes its input with the most spikes so far; "spikes": keep
@@ -35,11 +35,23 @@ GUARD_MODES = ("model", "layer")
 DEFAULT_TAU_GRID = "1:10:0.5"
 #: the most candidates a tau grid may hold (each costs one run of every layer's suffix).
 MAX_GRID = 1000
+#: upper bounds of the numbers (the CLI's options use them too): T, timesteps (the time-folded
+#: batch is T x the batch size); psi, the C++ kernel's limit (custom_ops/burst_if.cc, kMaxPsi:
+#: a tile's spike count stays inside int32); samples (calibration, search, guard): int32, more
+#: than any data set held in memory; the batch size; onnxruntime threads; the seed (uint32).
+MAX_T = 4096
+MAX_PSI = 65536
+MAX_SAMPLES = 2**31 - 1
+MAX_BATCH = 2**16
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
 
 
-def _check_int(name: str, value, lo: int) -> None:
+def _check_int(name: str, value, lo: int, hi: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
 
 
 def _check_pos(name: str, value, *, zero: bool = False) -> None:
@@ -164,13 +176,17 @@ class CalibrationConfig:
     def __post_init__(self):
         from .limits import parse_bytes
 
-        object.__setattr__(self, "max_memory", parse_bytes(self.max_memory))
-        _check_int("--calib-samples", self.samples, 1)
-        _check_int("--batch-size", self.batch_size, 1)
-        _check_int("--seed", self.seed, 0)
+        try:
+            object.__setattr__(self, "max_memory", parse_bytes(self.max_memory))
+        except OverflowError:  # "9" * 400: a float too large for an integer
+            raise ConfigError(f"--max-memory must be a size such as 8G, 512M or a number of bytes, got "
+                              f"{str(self.max_memory)[:40]!r}") from None
+        _check_int("--calib-samples", self.samples, 1, MAX_SAMPLES)
+        _check_int("--batch-size", self.batch_size, 1, MAX_BATCH)
+        _check_int("--seed", self.seed, 0, MAX_SEED)
         if self.threads is not None:
-            _check_int("--threads", self.threads, 1)
-        _check_int("cache_mb", self.cache_mb, 0)
+            _check_int("--threads", self.threads, 1, MAX_THREADS)
+        _check_int("cache_mb", self.cache_mb, 0, 2**40)
 
 
 @dataclass(frozen=True)
@@ -197,8 +213,8 @@ class ConvertConfig:
     layers: Mapping[str, LayerConfig] = field(default_factory=dict)
 
     def __post_init__(self):
-        _check_int("--T", self.T, 1)
-        _check_int("--psi", self.psi, 1)
+        _check_int("--T", self.T, 1, MAX_T)
+        _check_int("--psi", self.psi, 1, MAX_PSI)
         _check_pos("--tau", self.tau)
         if self.maxpool not in MAXPOOL_MODES:
             raise ConfigError(f"--maxpool must be one of {MAXPOOL_MODES}, got {self.maxpool!r}")
@@ -208,6 +224,8 @@ class ConvertConfig:
                 lc = LayerConfig(**lc)
             if not isinstance(lc, LayerConfig):
                 raise ConfigError(f"layers[{name!r}] must be a LayerConfig, got {type(lc).__name__}")
+            if lc.psi is not None:
+                _check_int(f"layers[{name!r}].psi", lc.psi, 1, MAX_PSI)
             layers[str(name)] = lc
         object.__setattr__(self, "layers", MappingProxyType(layers))
         object.__setattr__(self, "tau", float(self.tau))

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import click
 
-from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, search_options,
-                      snn_options)
+from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, read_guard_early,
+                      search_options, snn_options)
 
 
 @click.command(name="convert")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @snn_options
 @calibration_options(required=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Output file (default: MODEL.snn.onnx beside the input).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file (default: MODEL.snn.onnx beside the input); never one of the inputs.")
 @click.option("--per-timestep-output", is_flag=True,
               help="Add an output <name>_per_timestep [T, N, K] (any-time inference).")
 @click.option("--no-bias-calibration", is_flag=True, help="Skip the layer-wise bias calibration.")
@@ -43,7 +43,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
     """
     import time
 
-    with cli_errors():
+    with cli_errors(model):
         from onnx2burst.config import ConvertConfig
         from onnx2burst.convert import Converter
         from onnx2burst.io import check_output, save_model
@@ -55,11 +55,16 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
                             allow_inexact=allow_inexact, calibration=calib)
         out = output or model.with_name(model.name[:-5] + ".snn.onnx" if model.name.endswith(".onnx")
                                         else model.name + ".snn.onnx")
-        check_output(out, model)
+        inputs = {"the calibration data (--calib)": source,
+                  "the guard data (--guard-data)": search.guard.data if search.guard else None}
+        out = check_output(out, model, sources=inputs)
+        if external_data:
+            check_output(out.with_name(out.name + ".data"), model, sources=inputs, option="-o's weights")
         progress = _progress(quiet)
         t0 = time.perf_counter()
         with progress.stage("analyse", 1) as st:
             conv = Converter(model, cfg)
+            search = read_guard_early(search, conv)
             st.advance()
         if search.any:
             from onnx2burst.search import tune
@@ -76,7 +81,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
 
             final = make_portable(final)
         with progress.stage("write", 1) as st:
-            save_model(final, out, source=model, external_data=True if external_data else None)
+            save_model(final, out, source=model, sources=inputs, external_data=True if external_data else None)
             st.advance()
         _summary(result, out, time.perf_counter() - t0)
         if search.any:

@@ -5,22 +5,26 @@ import json
 
 import click
 
-from .options import max_memory_option
+from onnx2burst.config import MAX_BATCH, MAX_SAMPLES
+
+from .options import FiniteFloat, InputPath, max_memory_option, threads_option
 
 
 @click.command(name="eval")
 @click.argument("ann", type=click.Path(exists=True, dir_okay=False))
 @click.argument("snn", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--data", required=True, type=InputPath(exists=True),
               help=".npz with the inputs (under the input names, or 'input'/'x' for one input) and optional "
                    "'labels', or .npy inputs.")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1))
-@click.option("--limit", type=click.IntRange(1), help="Use only the first N samples.")
-@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads (default: ORT's).")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, MAX_BATCH),
+              help="Samples per onnxruntime run (a model with a fixed batch runs at it).")
+@click.option("--limit", type=click.IntRange(1, MAX_SAMPLES), help="Use only the first N samples.")
+@threads_option
 @click.option("--kernel/--no-kernel", default=None,
               help="Force the C++ BurstIF kernel on or off (default: use it when built).")
-@click.option("--e-ac", default=0.9, show_default=True, help="Energy of one accumulate, pJ.")
-@click.option("--e-mac", default=4.6, show_default=True, help="Energy of one multiply-accumulate, pJ.")
+@click.option("--e-ac", default=0.9, show_default=True, type=FiniteFloat(min=0), help="Energy of one accumulate, pJ.")
+@click.option("--e-mac", default=4.6, show_default=True, type=FiniteFloat(min=0),
+              help="Energy of one multiply-accumulate, pJ.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--other-ann", is_flag=True,
               help="Compare even when the SNN's metadata says it was converted from another model.")

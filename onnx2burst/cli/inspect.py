@@ -20,7 +20,7 @@ def inspect(model, maxpool):
     Example:
       onnx2burst inspect models/zoo/resnet20_fmnist.onnx
     """
-    with cli_errors():
+    with cli_errors(model):
         from rich.console import Console
         from rich.table import Table
 

@@ -14,12 +14,92 @@ object they describe), the rich progress display, and the error boundary of comm
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import stat
 from typing import Iterator
 
 import click
 
+from onnx2burst.config import MAX_BATCH, MAX_PSI, MAX_SAMPLES, MAX_SEED, MAX_T, MAX_THREADS
+
 __all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "search_options", "build_snn",
-           "build_calibration", "build_search", "parse_size", "parse_floats", "RichProgress", "cli_errors"]
+           "build_calibration", "build_search", "parse_size", "parse_floats", "RichProgress", "cli_errors",
+           "InputPath", "FiniteFloat", "available_cores", "read_guard_early", "MAX_IMAGE_PIXELS", "MAX_SIDE"]
+
+#: --max-image-pixels at most (65536 x 65536); --size at most this per side.
+MAX_IMAGE_PIXELS = 2**32
+MAX_SIDE = 2**16
+
+
+class InputPath(click.ParamType):
+    """An input file option: a FIFO, device or socket is refused before anything opens it (it
+    would block or never end), naming the option. exists: a missing path is refused here too
+    (else the reader names it); folder_ok: a folder (of images) is accepted."""
+
+    name = "path"
+
+    def __init__(self, *, exists: bool = False, folder_ok: bool = False):
+        self.exists, self.folder_ok = exists, folder_ok
+
+    def convert(self, value, param, ctx):
+        path = os.fspath(value)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if self.exists:
+                self.fail(f"{path!r} does not exist", param, ctx)
+            return path
+        except OSError as e:
+            self.fail(f"{path!r}: {e.strerror or e}", param, ctx)
+        if stat.S_ISDIR(st.st_mode):
+            if not self.folder_ok:
+                self.fail(f"{path!r} is a folder; give a file", param, ctx)
+        elif not stat.S_ISREG(st.st_mode):
+            self.fail(f"{path!r} is not a regular file (a pipe, a device or a socket); refused", param, ctx)
+        return path
+
+
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (which FloatRange lets through)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _cap_threads(ctx, param, value):
+    """--threads above the cores available: accepted, capped (more threads than cores only
+    make onnxruntime's workers wait for each other), said on stderr."""
+    cores = available_cores()
+    if value is not None and value > cores:
+        click.echo(f"note: --threads {value} is more than the {cores} core(s) available; using {cores}", err=True)
+        return cores
+    return value
+
+
+def _check_max_memory(ctx, param, value):
+    from onnx2burst.errors import ConfigError
+    from onnx2burst.limits import parse_bytes
+
+    try:
+        parse_bytes(value)
+    except (ConfigError, OverflowError):
+        shown = value if len(str(value)) <= 40 else str(value)[:40] + "..."
+        raise click.BadParameter(f"{shown!r}: give a size such as 8G, 512M or a number of bytes") from None
+    return value
 
 
 def _compose(*decorators):
@@ -41,8 +121,8 @@ def parse_size(value: str | None):
         raise click.BadParameter(f"{value!r}: give H or HxW, e.g. 28 or 224x224", param_hint="--size") from None
     if len(nums) == 1:
         nums = nums * 2
-    if len(nums) != 2 or min(nums) < 1:
-        raise click.BadParameter(f"{value!r}: give H or HxW with positive integers", param_hint="--size")
+    if len(nums) != 2 or min(nums) < 1 or max(nums) > MAX_SIDE:
+        raise click.BadParameter(f"{value!r}: give H or HxW with integers from 1 to {MAX_SIDE}", param_hint="--size")
     return tuple(nums)
 
 
@@ -51,26 +131,30 @@ def parse_floats(value: str | None, name: str):
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
+        out = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: give one number or one per channel, comma-separated",
+        out = ()
+    if not out or not all(math.isfinite(v) for v in out):
+        raise click.BadParameter(f"{value!r}: give one finite number or one per channel, comma-separated",
                                  param_hint=name) from None
+    return out
 
 
-threads_option = click.option("--threads", type=click.IntRange(1), default=None,
-                              help="onnxruntime intra-op threads (default: onnxruntime's, one per core).")
+threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, callback=_cap_threads,
+                              help="onnxruntime intra-op threads (default: onnxruntime's, one per core; more than "
+                                   "the cores available is capped to them).")
 
 #: --max-memory: the resource bound of onnx2burst.limits (a size string; parsed by the config).
 max_memory_option = click.option(
-    "--max-memory", default=None, metavar="SIZE",
+    "--max-memory", default=None, metavar="SIZE", callback=_check_max_memory,
     help="Refuse, before running anything, a model whose declared sizes, weights and calibration plan "
          "need more memory than this: bytes or 8G, 512M (default: the memory available).")
 
 #: --T, --psi, --tau, --maxpool: the SNN's settings (ConvertConfig fields).
 snn_options = _compose(
-    click.option("--T", "T", type=click.IntRange(1), default=8, show_default=True, help="Timesteps."),
-    click.option("--psi", type=click.IntRange(1), default=4, show_default=True,
-                 help="Most spikes a neuron emits per timestep (burst size)."),
+    click.option("--T", "T", type=click.IntRange(1, MAX_T), default=8, show_default=True, help="Timesteps."),
+    click.option("--psi", type=click.IntRange(1, MAX_PSI), default=4, show_default=True,
+                 help="Most spikes a neuron emits per timestep (burst size; the kernel's limit is 65536)."),
     click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                  help="Threshold ratio: neurons fire at tau*vth, each spike worth tau*vth."),
     click.option("--maxpool", type=click.Choice(["lateral", "spikes", "avg"]), default="lateral", show_default=True,
@@ -84,21 +168,22 @@ def calibration_options(required: bool = True):
     """--calib, --calib-samples, --batch-size, --seed, --size, --mean, --std,
     --max-image-pixels, --threads, --max-memory."""
     return _compose(
-        click.option("--calib", required=required, metavar="DATA",
+        click.option("--calib", required=required, metavar="DATA", type=InputPath(folder_ok=True),
                      help="Calibration data: .npy (one input), .npz (arrays named like the inputs, optional "
                           "'labels'), or a folder of images."),
-        click.option("--calib-samples", type=click.IntRange(1), default=512, show_default=True,
+        click.option("--calib-samples", type=click.IntRange(1, MAX_SAMPLES), default=512, show_default=True,
                      help="Use at most this many samples (a seeded random subset of larger data)."),
-        click.option("--batch-size", type=click.IntRange(1), default=None,
+        click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
                      help="Samples per onnxruntime run, in every stage (default: each stage's own: 64 for "
                           "calibration, 32 for the search, 256 for the guard and evaluation)."),
-        click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+        click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Seed of the sample subset."),
         click.option("--size", default=None, metavar="HxW", help="Image folders: resize to HxW (default: the "
                      "model input's)."),
         click.option("--mean", default=None, metavar="M[,M,M]", help="Image folders: mean of (pixel/255), per channel."),
         click.option("--std", default=None, metavar="S[,S,S]", help="Image folders: std of (pixel/255), per channel."),
-        click.option("--max-image-pixels", type=click.IntRange(1), default=2**26, show_default=True,
+        click.option("--max-image-pixels", type=click.IntRange(1, MAX_IMAGE_PIXELS), default=2**26,
+                     show_default=True,
                      help="Image folders: refuse an image declaring more pixels (checked before decoding)."),
         threads_option,
         max_memory_option,
@@ -130,26 +215,27 @@ search_options = _compose(
     click.option("--ssc-z", "ssc_z", type=click.FloatRange(min=0), default=0.0, show_default=True,
                  help="SSC noise margin: each tau counts at S + z standard errors of its measured gain (0: the "
                       "paper's rule)."),
-    click.option("--ssc-folds", "ssc_folds", type=click.IntRange(min=0), default=0, show_default=True,
+    click.option("--ssc-folds", "ssc_folds", type=click.IntRange(0, 1000), default=0, show_default=True,
                  help="SSC held-out budget: lower r to what a choice made without each of K folds of the search "
                       "samples keeps on that fold (0: the paper's rule; 4 is a good K)."),
     click.option("--energy", type=click.Choice(["spikes", "synops"]), default="spikes", show_default=True,
                  help="E_i(k) of the search: a layer's spikes per sample, or its SynOps."),
-    click.option("--search-samples", type=click.IntRange(1), default=256, show_default=True,
+    click.option("--search-samples", type=click.IntRange(1, MAX_SAMPLES), default=256, show_default=True,
                  help="Calibration samples the sensitivities are measured on (the first N)."),
-    click.option("--guard-data", "guard_data", type=click.Path(exists=True, dir_okay=False), default=None,
+    click.option("--guard-data", "guard_data", type=InputPath(exists=True), default=None,
                  metavar="DATA",
                  help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
                       "calibration samples) on which SSC's choice must keep the SNN's agreement with the ANN "
                       "(docs/method.md §10)."),
-    click.option("--guard-samples", "guard_samples", type=click.IntRange(2), default=4096, show_default=True,
+    click.option("--guard-samples", "guard_samples", type=click.IntRange(2, MAX_SAMPLES), default=4096,
+                 show_default=True,
                  help="Use the first N inputs of --guard-data."),
     click.option("--guard-mode", "guard_mode", type=click.Choice(["model", "layer"]), default="model",
                  show_default=True, help="Rebuild and check the whole SNN, backing off along SSC's frontier "
                                          "(model), or check each changed layer alone (layer)."),
     click.option("--guard-tol", "guard_tol", type=click.FloatRange(min=0), default=0.5, show_default=True,
                  help="--guard-mode model: points of agreement with the ANN the choice may lose."),
-    click.option("--guard-checks", "guard_checks", type=click.IntRange(1), default=8, show_default=True,
+    click.option("--guard-checks", "guard_checks", type=click.IntRange(1, 1000), default=8, show_default=True,
                  help="--guard-mode model: rebuilds at most while backing off."),
     click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
                  help="--guard-mode layer: flag a layer whose loss of agreement exceeds this many standard errors."),
@@ -174,15 +260,33 @@ def build_search(kw: dict, *, default_both: bool = False):
                         guard=None if guard_data is None else GuardConfig(data=guard_data, **guard))
 
 
+def read_guard_early(search, conv):
+    """``search`` with its guard data read and checked now (a ``CalibrationSet`` named after the
+    file), so that bad guard data fails before the conversion and search, not after them."""
+    import dataclasses
+
+    from onnx2burst.data import CalibrationSet, load_data
+
+    g = search.guard
+    if g is None or isinstance(g.data, CalibrationSet):
+        return search
+    data = load_data(g.data, conv.source, samples=g.samples, max_memory=conv.calibration.max_memory)
+    return dataclasses.replace(search, guard=dataclasses.replace(g, data=data))
+
+
 def build_calibration(kw: dict):
     """Pop the calibration_options values (--batch-size stays for build_search); returns
     ``(source, CalibrationConfig)``."""
     from onnx2burst.config import CalibrationConfig, ImageOptions
 
-    image = ImageOptions(size=parse_size(kw.pop("size")),
+    size, max_pixels = parse_size(kw.pop("size")), kw.pop("max_image_pixels")
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise click.BadParameter(f"{size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, more than --max-image-pixels "
+                                 f"{max_pixels:,}", param_hint="--size")
+    image = ImageOptions(size=size,
                          mean=parse_floats(kw.pop("mean"), "--mean") or (0.0,),
                          std=parse_floats(kw.pop("std"), "--std") or (1.0,),
-                         max_pixels=kw.pop("max_image_pixels"))
+                         max_pixels=max_pixels)
     batch = kw.get("batch_size")  # left for build_search
     cfg = CalibrationConfig(samples=kw.pop("calib_samples"), seed=kw.pop("seed"),
                             **({"batch_size": batch} if batch is not None else {}),
@@ -233,11 +337,15 @@ class _Null:
 
 
 @contextlib.contextmanager
-def cli_errors():
-    """Turn onnx2burst's errors into a clean message and a non-zero exit."""
-    from onnx2burst.errors import Onnx2BurstError
+def cli_errors(model=None):
+    """Turn onnx2burst's errors into a clean message and a non-zero exit. model: the model
+    file of the command; a message about its graph that does not name it is prefixed with it."""
+    from onnx2burst.errors import GraphError, Onnx2BurstError
 
     try:
         yield
     except Onnx2BurstError as e:
-        raise click.ClickException(str(e)) from None
+        message = str(e)
+        if model is not None and isinstance(e, GraphError) and os.path.basename(os.fspath(model)) not in message:
+            message = f"{model}: {message}"
+        raise click.ClickException(message) from None

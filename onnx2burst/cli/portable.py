@@ -8,9 +8,9 @@ import click
 
 @click.command()
 @click.argument("snn", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="output file (default: SNN with .portable.onnx beside it)")
-def portable(snn: Path, output: Path | None):
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="output file (default: SNN with .portable.onnx beside it); never the input")
+def portable(snn: Path, output: str | None):
     """Write a copy of an SNN file with every BurstIF inlined into standard ONNX ops.
 
     The result runs on any ONNX runtime (no custom domain, no library to register) and gives
@@ -22,12 +22,13 @@ def portable(snn: Path, output: Path | None):
     """
     from onnx2burst.errors import Onnx2BurstError
     from onnx2burst.interop.portable import make_portable
-    from onnx2burst.io import load_model, save_model
+    from onnx2burst.io import check_output, load_model, save_model
 
     if output is None:
         name = snn.name[:-5] if snn.name.endswith(".onnx") else snn.name
         output = snn.with_name(name + ".portable.onnx")
     try:
+        output = check_output(output, snn)  # before reading anything
         model = load_model(snn)
         out = make_portable(model)
         save_model(out, output, source=snn)

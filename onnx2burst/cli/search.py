@@ -8,8 +8,12 @@ from pathlib import Path
 
 import click
 
-from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, search_options,
-                      snn_options)
+from .options import (InputPath, build_calibration, build_search, build_snn, calibration_options, cli_errors,
+                      read_guard_early, search_options, snn_options)
+
+
+#: the most budgets --r-sweep may list (each is a rebuild and an evaluation)
+MAX_SWEEP = 100
 
 
 @click.command(name="search")
@@ -18,14 +22,14 @@ from .options import (build_calibration, build_search, build_snn, calibration_op
 @calibration_options(required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for sensitivity.png, frontier.png and search.json.")
-@click.option("--snn", "snn_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--snn", "snn_path", type=InputPath(exists=True),
               help="MODEL's SNN, converted with the same --T/--psi/--calib (default: converted here).")
 @search_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Also write the tuned SNN (chosen psi/tau, recalibrated) here.")
 @click.option("--r-sweep", "r_sweep", default="0.5,1,2,4", show_default=True,
               help="SSC budgets to rebuild and evaluate (top-1 against spikes: table, r_sweep.png); '' skips.")
-@click.option("--eval-data", type=click.Path(exists=True, path_type=Path),
+@click.option("--eval-data", type=InputPath(exists=True, folder_ok=True),
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
@@ -54,10 +58,10 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
           --T 4 --ssc --guard-data models/cache/fmnist_guard.npz --guard-samples 16384 \\
           --guard-tol 0.5 --out report_t4/
     """
-    with cli_errors():
+    with cli_errors(model):
         from onnx2burst.config import ConvertConfig
         from onnx2burst.convert import Converter
-        from onnx2burst.io import load_model, save_model, write_file
+        from onnx2burst.io import load_model, make_folder, save_model, write_file
         from onnx2burst.report.plots import plot_frontier, plot_sensitivity
         from onnx2burst import search as S
 
@@ -67,39 +71,51 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
             raise click.BadParameter(f"{r_sweep!r}: a comma list of numbers > 0", param_hint="--r-sweep") from None
         if any(not (math.isfinite(v) and v > 0) for v in rs):
             raise click.BadParameter(f"{r_sweep!r}: every r must be a finite number > 0", param_hint="--r-sweep")
+        if len(rs) > MAX_SWEEP:  # each r is a rebuild and an evaluation
+            raise click.BadParameter(f"{len(rs)} values; give at most {MAX_SWEEP}", param_hint="--r-sweep")
         snn_cfg = build_snn(kw)
         source, calib = build_calibration(kw)
         cfg = build_search(kw, default_both=True)
+        files = _outputs(out_dir, output, model, bool(cfg.ssc and rs), {
+            "the calibration data (--calib)": source, "the SNN (--snn)": snn_path,
+            "the guard data (--guard-data)": cfg.guard.data if cfg.guard else None,
+            "the evaluation data (--eval-data)": eval_data})
         conv = Converter(model, ConvertConfig(**snn_cfg, calibration=calib))
         progress = _progress(quiet or as_json)
         data = conv.load_data(source)
+        cfg = read_guard_early(cfg, conv)
+        sweep_data = eval_data or source
+        if cfg.ssc and rs and eval_data:  # read and checked now, not after the search
+            from onnx2burst.data import load_data
+
+            sweep_data = load_data(eval_data, conv.source, image=calib.image, max_memory=calib.max_memory)
         snn = load_model(snn_path) if snn_path else None
         res = S.tune(conv, data, cfg, snn=snn, progress=progress)
         sweep = None
         if cfg.ssc and rs:
-            before, points = S.sweep_r(conv, data, res, rs, eval_data or source, cfg, progress=progress)
+            before, points = S.sweep_r(conv, data, res, rs, sweep_data, cfg, progress=progress)
             sweep = (before, points)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(out_dir)
         doc = {"model": os.fspath(model), "snn": None if snn_path is None else os.fspath(snn_path),
                "calib": str(source), "T": snn_cfg["T"], "psi": snn_cfg["psi"], "energy": cfg.energy, **res.to_dict(),
                "r_sweep": None if sweep is None else {"before_ssc": sweep[0].to_dict(),
                                                       "points": [p.to_dict() for p in sweep[1]],
                                                       "data": str(eval_data or source)}}
-        write_file(out_dir / "search.json", json.dumps(doc, indent=1).encode())
+        write_file(files["search.json"], json.dumps(doc, indent=1).encode())
         steps = [(c, m.psi if c.kind == "psi" else m.tau, m.baseline_S)
                  for c, m in ((res.bsr, res.measurements.get("bsr")), (res.ssc, res.measurements.get("ssc")))
                  if c is not None]
         m0 = next(iter(res.measurements.values()))
-        plot_sensitivity([tb for _, tb, _ in steps], out_dir / "sensitivity.png",
+        plot_sensitivity([tb for _, tb, _ in steps], files["sensitivity.png"],
                          title=f"{model.name}: {m0.samples} samples, T={m0.T}")
-        plot_frontier([c for c, _, _ in steps], out_dir / "frontier.png")
+        plot_frontier([c for c, _, _ in steps], files["frontier.png"])
         if sweep is not None:
             from onnx2burst.report.plots import plot_r_sweep
 
-            plot_r_sweep(sweep[1], out_dir / "r_sweep.png", baseline=sweep[0],
+            plot_r_sweep(sweep[1], files["r_sweep.png"], baseline=sweep[0],
                          title=f"{model.name}: SSC budget r, T={m0.T}")
         if output:
-            save_model(res.model, output, source=model)
+            save_model(res.model, files["-o"], source=model)
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
@@ -119,6 +135,23 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
         con.print(f"[yellow]note:[/] {n}")
     con.print(f"wrote {out_dir}/search.json, sensitivity.png, frontier.png"
               + (", r_sweep.png" if sweep is not None else "") + (f"; SNN {output}" if output else ""))
+
+
+def _outputs(out_dir: Path, output, model: Path, sweep: bool, inputs: dict) -> dict[str, Path]:
+    """The files the run will write (OUT's, and -o), each checked now against the run's inputs
+    and against each other: nothing is computed for outputs that could not be written."""
+    from onnx2burst.errors import ModelSaveError
+    from onnx2burst.io import check_output
+
+    names = ["search.json", "sensitivity.png", "frontier.png"] + (["r_sweep.png"] if sweep else [])
+    files = {n: check_output(out_dir / n, model, sources=inputs, option="--out", create=True) for n in names}
+    if output:
+        files["-o"] = check_output(output, model, sources=inputs)
+        clash = [n for n in names if os.path.realpath(files[n]) == os.path.realpath(files["-o"])]
+        if clash:
+            raise ModelSaveError(f"output {output} (-o) is also the {clash[0]} that --out {out_dir} gets; "
+                                 "choose another output path")
+    return files
 
 
 def _progress(quiet: bool):

@@ -287,6 +287,8 @@ def load_data(source, specs: list[InputSpec] | onnx.ModelProto, *, samples: int 
         if path.is_dir():
             out = read_image_folder(path, specs, samples, seed, image)
             return CalibrationSet({specs[0].name: _check(out, specs[0], str(path))}, None, str(path))
+        if not path.is_file():  # a FIFO would block the read forever, a device never end
+            raise CalibrationDataError(f"{path} is not a regular file (a pipe, a device or a socket); refused")
         suffix = path.suffix.lower()
         if suffix == ".npz":
             return _load_npz(path, specs, samples, seed, max_memory)

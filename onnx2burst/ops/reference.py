@@ -25,6 +25,7 @@ def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0)
     if vth.size not in (1, x.shape[1]):
         raise ValueError(f"BurstIF: vth has {vth.size} values, X has C={x.shape[1]} channels (need 1 or C)")
     N = x.shape[0] // T
+    per_sample = int(np.prod(x.shape[1:], dtype=np.int64))  # explicit: reshape(N, -1) fails when N or C is 0
     xt = x.reshape((T, N) + x.shape[1:])
     bshape = (1, -1) + (1,) * (x.ndim - 2)
     theta = np.float32(tau) * vth.reshape(bshape)          # the threshold the neuron fires at
@@ -43,5 +44,5 @@ def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0)
         st = s * theta
         u = u - st
         y[t] = st
-        spikes += s.reshape(N, -1).sum(axis=1, dtype=np.float32)
+        spikes += s.reshape(N, per_sample).sum(axis=1, dtype=np.float32)
     return y.reshape(x.shape), spikes
