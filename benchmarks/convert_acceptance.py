@@ -9,10 +9,12 @@ SNN top-1 on the 10k test set for
 with 512 calibration samples (models/data/fmnist_calib.npz); for the MaxPool VGG also
 --maxpool spikes (MaxPool per timestep) and --maxpool avg (AveragePool instead of MaxPool) at
 T=8 and T=16 psi=4; and the conversion time and peak memory (ru_maxrss of a fresh process) of
-the ResNet at T=8 with 512 samples.
+the ResNet at T=8 with 512 samples; with ``--big``, the same for an ImageNet-size ResNet-50
+(224x224, random weights, default options: the batch size follows the memory budget) at 64 and
+512 calibration samples.
 Prints a markdown table and writes benchmarks/results/convert.md.
 
-    python benchmarks/convert_acceptance.py [--limit 2000] [--models resnet20_fmnist] [--threads 2]
+    python benchmarks/convert_acceptance.py [--limit 2000] [--models resnet20_fmnist] [--threads 2] [--big]
 
 Targets: T=8,psi=4 within 1.0 point of the ANN; T=16,psi=4 within 0.5; T=32,psi=1 within 2.0.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import CALIB, ZOO_MODELS, load_store, machine, model_path, parser, session, top1, write_json, write_text
+from common import CALIB, ROOT, ZOO_MODELS, load_store, machine, model_path, parser, session, top1, write_json, write_text
 
 # (label, T, psi, thresholds method, bias calibration, maxpool)
 CONFIGS = [
@@ -76,23 +78,45 @@ def convert_one(path: Path, T, psi, method, bias, maxpool, threads, stats_cache)
     return conv, model
 
 
-def timed_conversion(path: Path, threads) -> dict:
-    """Convert in a fresh process (T=8, psi=4, 512 samples): wall seconds and peak RSS.
+def timed_conversion(path: Path, threads, calib: Path = CALIB, samples: int = 512) -> dict:
+    """Convert in a fresh process (T=8, psi=4, ``samples`` of ``calib``, the batch size from the
+    memory budget): wall seconds, peak RSS and the batch size chosen.
 
     Run before this process holds anything big: Linux carries the parent's RSS at fork into
     the child's ru_maxrss. VmHWM (peak RSS of the child's own address space) is reported too."""
     code = (
         "import json,resource,time,sys;t=time.perf_counter();"
         "from onnx2burst.convert import Converter;from onnx2burst.config import ConvertConfig,CalibrationConfig;"
-        f"r=Converter({str(path)!r},ConvertConfig(T=8,psi=4,calibration=CalibrationConfig(samples=512,threads={threads!r})))"
-        f".run({str(CALIB)!r});"
+        f"c=Converter({str(path)!r},ConvertConfig(T=8,psi=4,calibration=CalibrationConfig(samples={samples},"
+        f"threads={threads!r})));r=c.run({str(calib)!r});"
         "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')];"
         "print(json.dumps({'seconds':time.perf_counter()-t,'stages':r.stage_seconds,"
         "'maxrss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,"
-        "'vmhwm_mb':int(hwm[0].split()[1])/1024 if hwm else None,'samples':r.samples}))"
+        "'vmhwm_mb':int(hwm[0].split()[1])/1024 if hwm else None,'samples':r.samples,"
+        "'batch':c.calibration.batch_size,'note':c.batch_note}))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "conversion failed")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def big_model(samples: int) -> tuple[Path, Path]:
+    """The ImageNet-size ResNet-50 (models/cache/resnet50_224.onnx, built once by tests/corpus.py)
+    and ``samples`` standard-normal 224x224 inputs for it (models/cache/resnet50_224_<N>.npy)."""
+    import onnx
+
+    from tests import corpus
+
+    cache = ROOT / "models" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / "resnet50_224.onnx"
+    if not path.is_file():
+        onnx.save(corpus.imagenet_resnet50(), path)
+    data = cache / f"resnet50_224_{samples}.npy"
+    if not data.is_file():
+        np.save(data, np.random.default_rng(0).standard_normal((samples, 3, 224, 224)).astype(np.float32))
+    return path, data
 
 
 def main(argv=None):
@@ -100,6 +124,8 @@ def main(argv=None):
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--timing-only", action="store_true", help="only the ResNet conversion time and memory")
     ap.add_argument("--fresh", action="store_true", help="forget the results of earlier runs (convert.json)")
+    ap.add_argument("--big", action="store_true", help="only the 224x224 ResNet-50's conversion time and memory")
+    ap.add_argument("--big-samples", default="64,512", help="calibration samples of the --big runs")
     args = ap.parse_args(argv)
 
     # results accumulate in convert.json beside the table, so models can be measured one by one
@@ -115,7 +141,14 @@ def main(argv=None):
     if not args.skip_timing and resnet.is_file() and ("resnet20_fmnist" in args.models or args.timing_only):
         timing = store["timing"] = timed_conversion(resnet, args.threads)   # first: this process is still small
         print(f"resnet20 conversion T=8 psi=4 512 samples: {timing}", flush=True)
-    if args.timing_only:
+    if args.big:
+        big = store.setdefault("big", {})
+        for n in (int(v) for v in args.big_samples.split(",")):
+            path, data = big_model(n)
+            big[str(n)] = timed_conversion(path, args.threads, data, n)
+            print(f"resnet50 224x224, {n} samples: {big[str(n)]}", flush=True)
+            write_json(store_path, store)
+    if args.timing_only or args.big:
         args.models = []
     for name in args.models:
         path = model_path(name)
@@ -186,6 +219,17 @@ def main(argv=None):
                   + ", ".join(f"{k} {v:.1f} s" for k, v in timing["stages"].items()),
                   f"- peak memory: ru_maxrss {timing['maxrss_mb']:.0f} MB, VmHWM {timing.get('vmhwm_mb') or 0:.0f} MB "
                   "(whole process: Python, onnx, onnxruntime, the data)"]
+    if store.get("big"):
+        lines += ["", "## An ImageNet-size ResNet-50 (224x224, random weights), T=8, psi=4, default options, "
+                  "fresh process", "",
+                  "The batch size follows the memory budget (the smaller of 4 GiB and a quarter of the memory "
+                  "available); the calibration data is the one part that grows with the samples.", "",
+                  "| samples | batch chosen | wall time | peak RSS (VmHWM) | data itself | stages |",
+                  "|---:|---:|---:|---:|---:|---|"]
+        for n, b in sorted(store["big"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n} | {b.get('batch')} | {b['seconds']:.0f} s | {b.get('vmhwm_mb') or 0:.0f} MB | "
+                         f"{int(n) * 3 * 224 * 224 * 4 / 2**20:.0f} MB | "
+                         + ", ".join(f"{k} {v:.0f} s" for k, v in b["stages"].items()) + " |")
     threads = ", ".join(f"{r['model']} {r.get('threads') or 'default'}" for r in rows)
     lines += ["", f"Machine: {machine()}, shared with other work; onnxruntime threads: {threads}."]
     text = "\n".join(lines) + "\n"

@@ -154,18 +154,20 @@ class CalibrationConfig:
     """How calibration data is read and the model run.
 
     samples: at most this many samples are used (a seeded random subset of a larger file or
-    folder; the first ``samples`` of a reader). batch_size: samples per onnxruntime run.
+    folder; the first ``samples`` of a reader). batch_size: samples per onnxruntime run (None:
+    the largest of 64, 32, ..., 1 whose plan fits the memory budget, see ``max_memory``).
     seed: the subset choice. threads: onnxruntime intra-op threads (None: its default).
     kernel: use the C++ BurstIF kernel (None: when available). cache_mb: memory the bias
     calibration may use to keep spike maps between layers (0 disables the cache; results
-    are the same, only slower). max_memory: refuse (``ResourceLimitError``) before running
-    anything when the model's declared sizes, weights and this plan would need more memory
-    than this: bytes, or a size such as ``"8G"`` (``--max-memory``); None: the memory
-    available when the conversion starts (``onnx2burst.limits``).
+    are the same, only slower). max_memory: the memory budget, bytes or a size such as ``"8G"``
+    (``--max-memory``): the batch size is chosen to fit it, and a plan that needs more even at
+    batch 1 (or at the batch given) is refused (``ResourceLimitError``) before anything runs.
+    None: the smaller of 4 GiB and a quarter of the memory available chooses the batch, and
+    only a plan above the memory available is refused (``onnx2burst.limits``).
     """
 
     samples: int = 512
-    batch_size: int = 64
+    batch_size: int | None = None
     seed: int = 0
     threads: int | None = None
     kernel: bool | None = None
@@ -182,7 +184,8 @@ class CalibrationConfig:
             raise ConfigError(f"--max-memory must be a size such as 8G, 512M or a number of bytes, got "
                               f"{str(self.max_memory)[:40]!r}") from None
         _check_int("--calib-samples", self.samples, 1, MAX_SAMPLES)
-        _check_int("--batch-size", self.batch_size, 1, MAX_BATCH)
+        if self.batch_size is not None:
+            _check_int("--batch-size", self.batch_size, 1, MAX_BATCH)
         _check_int("--seed", self.seed, 0, MAX_SEED)
         if self.threads is not None:
             _check_int("--threads", self.threads, 1, MAX_THREADS)

@@ -51,7 +51,7 @@ from .config import CalibrationConfig, ConvertConfig, SearchConfig, ThresholdCon
 from .errors import ConfigError, GraphError, UnsupportedModelError, onnxruntime_errors
 from .graph import Canonical, canonicalize
 from .io import file_sha256, load_model, model_sha256, read_external_data
-from .limits import enforce, estimate
+from .limits import enforce, estimate, format_bytes, memory_budget
 from .rewrite import SNN, Analysis, NeuronParams, analyze, build_snn
 from .tuning.bias import calibrate_biases
 from .tuning.thresholds import ActivationStats, activation_stats, search_thresholds
@@ -60,6 +60,8 @@ __all__ = ["convert", "Converter", "ConversionResult", "METADATA_PREFIX"]
 
 
 METADATA_PREFIX = "onnx2burst."
+#: the batch sizes a conversion without --batch-size chooses from, largest first
+BATCH_CHOICES = (64, 32, 16, 8, 4, 2, 1)
 _OTHER_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "float64",
                  onnx.TensorProto.BFLOAT16: "bfloat16"}
 
@@ -132,8 +134,8 @@ class Converter:
         self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
         self.analysis: Analysis = analyze(self.canonical, self.config.maxpool)
         a = self.analysis
-        self.check_resources(self.canonical.model, str(self.source_path or "the model"), info=self.canonical.info,
-                             keep=[n.output for n in a.neurons])
+        self.batch_note = self.plan_batch(self.canonical.model, str(self.source_path or "the model"),
+                                          info=self.canonical.info, keep=[n.output for n in a.neurons])
         if a.unsupported:
             raise UnsupportedModelError([(i.node, i.op_type, i.reason) for i in a.unsupported],
                                         hint="not even with --allow-inexact: such a node must come before the first "
@@ -156,14 +158,39 @@ class Converter:
     def calibration(self) -> CalibrationConfig:
         return self.config.calibration
 
+    def _estimate(self, model, batch: int, info, keep):
+        c = self.calibration
+        return estimate(model, batch_size=batch, T=self.config.T, samples=c.samples, keep=keep,
+                        candidates=self.config.thresholds.candidates if keep else 0, cache_mb=c.cache_mb, info=info)
+
     def check_resources(self, model: onnx.ModelProto, what: str, *, info: dict | None = None, keep=()) -> None:
         """Stage 0: ``ResourceLimitError`` when ``model`` (declared sizes only) with this plan
-        (batch size, T, samples, threshold candidates, cache) needs more than ``max_memory``."""
+        (batch size, T, samples, threshold candidates, cache) needs more than ``max_memory``
+        (without a batch size: at batch 1, the least any batch needs)."""
         c = self.calibration
-        est = estimate(model, batch_size=c.batch_size, T=self.config.T, samples=c.samples, keep=keep,
-                       candidates=self.config.thresholds.candidates if keep else 0, cache_mb=c.cache_mb, info=info)
-        enforce(est, c.max_memory, f"converting {what} (batch {c.batch_size}, T={self.config.T}, "
-                                   f"{c.samples} samples)")
+        batch = c.batch_size or 1
+        enforce(self._estimate(model, batch, info, keep), c.max_memory,
+                f"converting {what} (batch {batch}, T={self.config.T}, {c.samples} samples)")
+
+    def plan_batch(self, model: onnx.ModelProto, what: str, *, info: dict | None = None, keep=()) -> str | None:
+        """Stage 0 with no batch size given: the largest of 64, 32, ..., 1 whose plan fits the
+        memory budget (``limits.memory_budget``) becomes the config's batch size. Returns a note
+        for the user (None when the batch size was given)."""
+        c = self.calibration
+        if c.batch_size is not None:
+            self.check_resources(model, what, info=info, keep=keep)
+            return None
+        budget, source = memory_budget(c.max_memory)
+        for batch in BATCH_CHOICES:
+            est = self._estimate(model, batch, info, keep)
+            if est.total <= budget:
+                break
+        else:  # nothing fits the budget: a --max-memory is a limit; the default budget is not
+            enforce(est, c.max_memory, f"converting {what} (batch 1, T={self.config.T}, {c.samples} samples)")
+        self.config = dataclasses.replace(self.config, calibration=dataclasses.replace(c, batch_size=batch))
+        within = "within" if est.total <= budget else "above"
+        return (f"batch size {batch}: the plan needs about {format_bytes(est.total)}, {within} the memory budget of "
+                f"{format_bytes(budget)} ({source})")
 
     def load_data(self, calib) -> CalibrationSet:
         """Read and check calibration data against the model's inputs (``onnx2burst.data``)."""
@@ -287,7 +314,7 @@ class Converter:
             times["bias calibration"] = time.perf_counter() - t
         self.finalize(model, snn, vth, len(data), set(deltas))
         onnx.checker.check_model(model)
-        notes = list(self.analysis.notes) + stats.notes + [f"bias calibration skipped for {k}: {v}"
+        notes = list(self.analysis.notes) + ([self.batch_note] if self.batch_note else []) + stats.notes + [f"bias calibration skipped for {k}: {v}"
                                                            for k, v in skipped.items()]
         return ConversionResult(model=model, analysis=self.analysis, snn=snn, thresholds=vth, settings=settings,
                                 deltas=deltas, skipped_bias=skipped, notes=notes, samples=len(data),

@@ -35,11 +35,13 @@ from typing import Iterable
 
 from .errors import ConfigError, ResourceLimitError
 
-__all__ = ["WEIGHT_COPIES", "MemoryEstimate", "parse_bytes", "format_bytes", "available_memory", "memory_limit",
-           "tensor_bytes", "estimate", "enforce"]
+__all__ = ["WEIGHT_COPIES", "DEFAULT_BUDGET", "MemoryEstimate", "parse_bytes", "format_bytes", "available_memory",
+           "memory_limit", "memory_budget", "tensor_bytes", "estimate", "enforce"]
 
 #: the weights are held by the loaded model, its rewritten copy and onnxruntime's session.
 WEIGHT_COPIES = 3
+#: a conversion's default memory budget: at most this, and at most a quarter of the memory available.
+DEFAULT_BUDGET = 4 * 2**30
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
@@ -56,9 +58,13 @@ def parse_bytes(value, name: str = "--max-memory") -> int | None:
         m = _SIZE.match(str(value))
         if not m:
             raise ConfigError(f"{name} must be a size such as 8G, 512M or a number of bytes, got {value!r}")
-        n = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        from fractions import Fraction
+
+        n = int(Fraction(m.group(1)) * _UNITS[m.group(2).upper()])
     if n <= 0:
         raise ConfigError(f"{name} must be more than 0 bytes, got {value!r}")
+    if n > 2**62:
+        raise ConfigError(f"{name} must be at most 4 EiB, got {str(value)[:40]!r}")
     return n
 
 
@@ -87,6 +93,18 @@ def memory_limit(max_memory=None) -> tuple[int, str]:
     if n is not None:
         return n, "--max-memory"
     return available_memory(), "the memory available now; raise it with --max-memory"
+
+
+def memory_budget(max_memory=None) -> tuple[int, str]:
+    """``(budget in bytes, where it comes from)``: what a conversion plans its batch size for.
+    ``max_memory`` when given; else the smaller of 4 GiB and a quarter of the memory available."""
+    n = parse_bytes(max_memory)
+    if n is not None:
+        return n, "--max-memory"
+    quarter = available_memory() // 4
+    if quarter < DEFAULT_BUDGET:
+        return quarter, "the default budget: a quarter of the memory available; --max-memory sets it"
+    return DEFAULT_BUDGET, "the default budget of 4 GiB; --max-memory sets it"
 
 
 def _itemsize(elem_type: int) -> int:
@@ -226,9 +244,10 @@ def estimate(model, *, batch_size: int = 1, T: int = 1, samples: int = 0, keep: 
     return est
 
 
-def enforce(est: MemoryEstimate, max_memory=None, what: str = "the conversion") -> None:
-    """Raise ``ResourceLimitError`` when ``est.total`` exceeds the limit (``memory_limit``)."""
-    limit, source = memory_limit(max_memory)
+def enforce(est: MemoryEstimate, max_memory=None, what: str = "the conversion", *, budget: bool = False) -> None:
+    """Raise ``ResourceLimitError`` when ``est.total`` exceeds the limit (``memory_limit``; with
+    ``budget``, ``memory_budget``)."""
+    limit, source = (memory_budget if budget else memory_limit)(max_memory)
     if est.total <= limit:
         return
     from onnx import helper
@@ -239,9 +258,9 @@ def enforce(est: MemoryEstimate, max_memory=None, what: str = "the conversion") 
         except Exception:  # noqa: BLE001
             return f"type {et}"
 
-    parts = "\n".join(f"  {format_bytes(v):>10}  {k}" for k, v in est.parts.items() if v)
-    largest = "\n".join(f"  {format_bytes(b):>10}  {n!r} {list(d)} {dtype(et)}" for n, d, et, b in est.largest if b)
+    parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(est.parts.items(), key=lambda kv: -kv[1])[:3] if v)
+    largest = ", ".join(f"{n!r} {list(d)} {dtype(et)} {format_bytes(b)}" for n, d, et, b in est.largest[:2] if b)
     raise ResourceLimitError(
         f"{what} would need about {format_bytes(est.total)} ({est.total:,} bytes), more than the limit of "
-        f"{format_bytes(limit)} ({limit:,} bytes; {source}); refused before running anything:\n{parts}\n"
-        f"largest tensors:\n{largest}")
+        f"{format_bytes(limit)} ({limit:,} bytes; {source}); refused before running anything. Largest parts: "
+        f"{parts}; largest tensors: {largest}")

@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["CorpusModel", "MODELS", "MATRIX", "ALL", "TORCH_OPSETS", "by_name", "inputs", "run_ann",
+__all__ = ["CorpusModel", "MODELS", "MATRIX", "ALL", "TORCH_OPSETS", "by_name", "inputs", "run_ann", "imagenet_resnet50",
            "random_dag", "CLAIMS", "FAMILIES", "family_models", "main"]
 
 TORCH_OPSETS = (11, 13, 17, 20)
@@ -150,9 +150,10 @@ def _torch_nets():
             return torch.relu(self.body(x) + (x if self.down is None else self.down(x)))
 
     class ResNet(nn.Module):
-        def __init__(self, block, layers, widths, classes=10):
+        def __init__(self, block, layers, widths, classes=10, stem=(3, 1)):
             super().__init__()
-            self.stem = nn.Sequential(conv_bn(3, widths[0], 3), nn.MaxPool2d(3, 2, 1))
+            k, s = stem   # (7, 2): the ImageNet stem
+            self.stem = nn.Sequential(conv_bn(3, widths[0], k, s), nn.MaxPool2d(3, 2, 1))
             cin, stages = widths[0], []
             for k, (n, w) in enumerate(zip(layers, widths)):
                 blocks = []
@@ -382,6 +383,7 @@ def _torch_nets():
     return {
         "resnet18": lambda: ResNet(BasicBlock, [2, 2, 2, 2], [8, 16, 32, 64]),
         "resnet50": lambda: ResNet(Bottleneck, [1, 2, 2, 1], [4, 8, 16, 32]),
+        "resnet50_imagenet": lambda: ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], classes=1000, stem=(7, 2)),
         "vgg11bn": lambda: VGG([8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"], view=True),
         "vgg16bn": lambda: VGG([8, 8, "M", 16, 16, "M", 32, 32, 32, "M", 64, 64, 64, "M", 64, 64, 64, "M"]),
         "mobilenetv2": MobileNetV2,
@@ -484,14 +486,14 @@ _TORCH_SHAPE = (3, 32, 32)
 
 
 def _export_torch(arch: str, opset: int, seed: int, *, keep_bn: bool = False, constant_folding: bool = True,
-                  dynamic: bool = True) -> onnx.ModelProto:
+                  dynamic: bool = True, shape=_TORCH_SHAPE) -> onnx.ModelProto:
     import torch
 
     net = _torch_nets()[arch]()
     _randomise(net, seed)
-    _fit_batchnorm(net, seed, _TORCH_SHAPE)
+    _fit_batchnorm(net, seed, shape)
     net.eval()
-    _balance_torch_head(net, seed, _TORCH_SHAPE)
+    _balance_torch_head(net, seed, shape)
     f = io.BytesIO()
     kw = dict(opset_version=opset, input_names=["x"], output_names=["y"], do_constant_folding=constant_folding)
     if dynamic:
@@ -500,10 +502,17 @@ def _export_torch(arch: str, opset: int, seed: int, *, keep_bn: bool = False, co
         kw["training"] = torch.onnx.TrainingMode.PRESERVE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros((1,) + _TORCH_SHAPE),), f, dynamo=False, **kw)
+        torch.onnx.export(net, (torch.zeros((1,) + tuple(shape)),), f, dynamo=False, **kw)
     m = onnx.load_from_string(f.getvalue())
     m.producer_name = f"pytorch {torch.__version__} (onnx2burst corpus: {arch})"
     return m
+
+
+def imagenet_resnet50(seed: int = 0) -> onnx.ModelProto:
+    """A ResNet-50 of ImageNet's size (torchvision's layout: 7x7/2 stem, [3, 4, 6, 3] bottlenecks,
+    widths 64-512, 1000 classes) for a 224x224 input, seeded random weights, opset 17: the
+    memory and time of converting a large network."""
+    return _export_torch("resnet50_imagenet", 17, seed, shape=(3, 224, 224))
 
 
 # ====================================================================== old-style helper graphs

@@ -147,8 +147,9 @@ threads_option = click.option("--threads", type=click.IntRange(1, MAX_THREADS), 
 #: --max-memory: the resource bound of onnx2burst.limits (a size string; parsed by the config).
 max_memory_option = click.option(
     "--max-memory", default=None, metavar="SIZE", callback=_check_max_memory,
-    help="Refuse, before running anything, a model whose declared sizes, weights and calibration plan "
-         "need more memory than this: bytes or 8G, 512M (default: the memory available).")
+    help="Memory budget, bytes or 8G, 512M: convert picks its batch size to fit it and refuses, before "
+         "running anything, a plan that needs more (default: the smaller of 4 GiB and a quarter of the "
+         "memory available picks the batch; only a plan above the memory available is refused).")
 
 #: --T, --psi, --tau, --maxpool: the SNN's settings (ConvertConfig fields).
 snn_options = _compose(
@@ -174,8 +175,8 @@ def calibration_options(required: bool = True):
         click.option("--calib-samples", type=click.IntRange(1, MAX_SAMPLES), default=512, show_default=True,
                      help="Use at most this many samples (a seeded random subset of larger data)."),
         click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=None,
-                     help="Samples per onnxruntime run, in every stage (default: each stage's own: 64 for "
-                          "calibration, 32 for the search, 256 for the guard and evaluation)."),
+                     help="Samples per onnxruntime run, in every stage (default: calibration the largest of 64, "
+                          "32, ..., 1 that fits the memory budget; the search 32; the guard 256)."),
         click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
                      help="Seed of the sample subset."),
         click.option("--size", default=None, metavar="HxW", help="Image folders: resize to HxW (default: the "
@@ -287,7 +288,7 @@ def build_calibration(kw: dict):
                          mean=parse_floats(kw.pop("mean"), "--mean") or (0.0,),
                          std=parse_floats(kw.pop("std"), "--std") or (1.0,),
                          max_pixels=max_pixels)
-    batch = kw.get("batch_size")  # left for build_search
+    batch = kw.get("batch_size")  # left for build_search; None: chosen from the memory budget
     cfg = CalibrationConfig(samples=kw.pop("calib_samples"), seed=kw.pop("seed"),
                             **({"batch_size": batch} if batch is not None else {}),
                             threads=kw.pop("threads"), image=image, max_memory=kw.pop("max_memory"))
