@@ -63,7 +63,7 @@ def kernel_status() -> tuple[bool, str]:
 
 
 def session_options(*, kernel: bool | None = None, threads: int | None = None,
-                    optimization: "str | int | None" = None, spinning: bool = True):
+                    optimization: "str | int | None" = None, spinning: bool = True, arena: bool = True):
     """onnxruntime.SessionOptions with the BurstIF kernel registered.
 
     kernel: True = require it (error if missing), False = never register it (the standard-op
@@ -71,6 +71,8 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     default). optimization: an ``onnxruntime.GraphOptimizationLevel`` or its name
     ("disable", "basic", "extended", "all"). spinning=False: idle intra-op threads sleep
     instead of spinning (for benchmarks that interleave several sessions on few cores).
+    arena=False: no CPU memory arena (each tensor freed when done): a process that makes many
+    sessions one after the other (calibration) keeps its peak at one run's, not the arenas'.
     """
     import onnxruntime as ort
 
@@ -89,6 +91,7 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
         so.graph_optimization_level = optimization
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.enable_cpu_mem_arena = bool(arena)
     if kernel is None:
         kernel = kernel_available()
     if kernel:

@@ -12,7 +12,8 @@ __all__ = ["make_session"]
 
 
 def make_session(model, *, kernel: bool | None = None, threads: int | None = None,
-                 optimization=None, providers=None, layout: str = "auto", spinning: bool = True):
+                 optimization=None, providers=None, layout: str = "auto", spinning: bool = True,
+                 arena: bool = True):
     """An onnxruntime.InferenceSession for ``model`` (ModelProto, bytes or path), kernel per ``kernel``.
 
     layout: "auto" (default) runs the neurons in onnxruntime's blocked NCHWc layout when that
@@ -29,7 +30,7 @@ def make_session(model, *, kernel: bool | None = None, threads: int | None = Non
     if (layout == "auto" and use_kernel and optimization in (None, "all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
             and list(providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"] and _has_burstif(model)):
         return blocked_session(model, threads=threads, providers=providers, spinning=spinning)[0]
-    so = session_options(kernel=kernel, threads=threads, optimization=optimization, spinning=spinning)
+    so = session_options(kernel=kernel, threads=threads, optimization=optimization, spinning=spinning, arena=arena)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
