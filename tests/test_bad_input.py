@@ -13,11 +13,9 @@ that records being called.
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +31,7 @@ from onnx2burst.cli import main
 from onnx2burst.errors import Onnx2BurstError
 from onnx2burst.io import save_model
 from tests import fixtures_models as fm
+from tests.signals import signal_when
 
 X_SHAPE = (2, 6, 6)          # fm.residual(): x [N, 2, 6, 6] float32
 
@@ -307,20 +306,7 @@ def _interrupt(w: W) -> tuple[int, str]:
     p = subprocess.Popen(cmd + ["convert", str(model), "--calib", str(data), "--T", "32", "--batch-size", "16",
                                 "-o", str(w.root / "big.snn.onnx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    sel = selectors.DefaultSelector()
-    sel.register(p.stderr, selectors.EVENT_READ)
-    seen, deadline = "", time.monotonic() + 120
-    try:
-        while "activation ranges" not in seen and time.monotonic() < deadline and p.poll() is None:
-            if sel.select(timeout=1):
-                seen += p.stderr.readline()
-        assert "activation ranges" in seen and p.poll() is None, f"never reached calibration: {seen!r}"
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return p.returncode, seen + out + err
+    return signal_when(p, "activation ranges", signal.SIGINT)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.via}-{c.id}" for c in CASES])

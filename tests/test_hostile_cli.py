@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import selectors
 import shutil
 import signal
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from click.testing import CliRunner
 
 from onnx2burst.cli import main
 from onnx2burst.io import save_model
+from tests.signals import signal_when
 from tests import fixtures_models as fm
 
 HUGE = str(10**20)
@@ -421,20 +420,8 @@ def _stop_while_writing(argv, cwd: Path, sig, slow_at: int = 1) -> tuple[int, st
     env = dict(os.environ, SLOW_AT=str(slow_at), PYTHONPATH=str(ROOT))
     p = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, *argv], cwd=cwd, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sel = selectors.DefaultSelector()
-    sel.register(p.stderr, selectors.EVENT_READ)
-    seen, deadline = "", time.monotonic() + 120
-    try:
-        while "WRITING" not in seen and time.monotonic() < deadline and p.poll() is None:
-            if sel.select(timeout=1):
-                seen += p.stderr.readline()
-        assert "WRITING" in seen, f"never reached the write: {seen}"
-        p.send_signal(sig)
-        out, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    return p.returncode, seen.replace("WRITING\n", "") + out + err
+    rc, output = signal_when(p, "WRITING", sig, wait=60)
+    return rc, output.replace("WRITING\n", "")
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
