@@ -51,7 +51,7 @@ from .config import CalibrationConfig, ConvertConfig, SearchConfig, ThresholdCon
 from .errors import ConfigError, GraphError, UnsupportedModelError, onnxruntime_errors
 from .graph import Canonical, canonicalize
 from .io import file_sha256, load_model, model_sha256, read_external_data
-from .limits import enforce, estimate, format_bytes, memory_budget
+from .limits import enforce, estimate, format_bytes, memory_budget, process_memory
 from .rewrite import SNN, Analysis, NeuronParams, analyze, build_snn
 from .tuning.bias import calibrate_biases
 from .tuning.thresholds import ActivationStats, activation_stats, search_thresholds
@@ -181,16 +181,17 @@ class Converter:
             self.check_resources(model, what, info=info, keep=keep)
             return None
         budget, source = memory_budget(c.max_memory)
+        held = process_memory()  # the budget is for the whole process: Python, onnxruntime, the model
         for batch in BATCH_CHOICES:
             est = self._estimate(model, batch, info, keep)
-            if est.total <= budget:
+            if held + est.total <= budget:
                 break
         else:  # nothing fits the budget: a --max-memory is a limit; the default budget is not
             enforce(est, c.max_memory, f"converting {what} (batch 1, T={self.config.T}, {c.samples} samples)")
         self.config = dataclasses.replace(self.config, calibration=dataclasses.replace(c, batch_size=batch))
-        within = "within" if est.total <= budget else "above"
-        return (f"batch size {batch}: the plan needs about {format_bytes(est.total)}, {within} the memory budget of "
-                f"{format_bytes(budget)} ({source})")
+        within = "within" if held + est.total <= budget else "above"
+        return (f"batch size {batch}: the plan needs about {format_bytes(est.total)} besides the "
+                f"{format_bytes(held)} held, {within} the memory budget of {format_bytes(budget)} ({source})")
 
     def load_data(self, calib) -> CalibrationSet:
         """Read and check calibration data against the model's inputs (``onnx2burst.data``)."""

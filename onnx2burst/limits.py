@@ -36,7 +36,7 @@ from typing import Iterable
 from .errors import ConfigError, ResourceLimitError
 
 __all__ = ["WEIGHT_COPIES", "DEFAULT_BUDGET", "MemoryEstimate", "parse_bytes", "format_bytes", "available_memory",
-           "memory_limit", "memory_budget", "tensor_bytes", "estimate", "enforce"]
+           "memory_limit", "memory_budget", "process_memory", "tensor_bytes", "estimate", "enforce"]
 
 #: the weights are held by the loaded model, its rewritten copy and onnxruntime's session.
 WEIGHT_COPIES = 3
@@ -85,6 +85,16 @@ def available_memory() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def process_memory() -> int:
+    """The memory this process holds now (resident set), in bytes; 0 when it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil missing or no /proc: plan without it
+        return 0
 
 
 def memory_limit(max_memory=None) -> tuple[int, str]:

@@ -51,13 +51,17 @@ def cpu_kind() -> str:
     return "+".join(f for f in ("avx512f", "avx512_vnni", "avx2", "fma") if f in flags) or "none"
 
 
+#: a budget large enough that the batch is 64 whatever memory the machine has free
+BUDGET = ["--max-memory", "16G"]
+
+
 def convert_hash(name: str, workdir: Path) -> str:
     from click.testing import CliRunner
 
     from onnx2burst.cli import main
 
     out = workdir / f"{name}.snn.onnx"
-    res = CliRunner().invoke(main, ["convert", *CASES[name], "-q", "-o", str(out)], catch_exceptions=False)
+    res = CliRunner().invoke(main, ["convert", *CASES[name], *BUDGET, "-q", "-o", str(out)], catch_exceptions=False)
     if res.exit_code != 0:
         raise RuntimeError(f"{name}: convert failed: {res.output}")
     return hashlib.sha256(out.read_bytes()).hexdigest()

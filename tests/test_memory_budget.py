@@ -39,13 +39,19 @@ def test_a_small_model_gets_batch_64_and_says_so():
 
 
 def test_the_batch_follows_max_memory():
-    ann = fm.residual()
+    from pathlib import Path
+
+    from onnx2burst.limits import process_memory
+
+    ann = str(Path(__file__).resolve().parent.parent / "models" / "zoo" / "resnet20_fmnist.onnx")
     probe = _conv(ann, batch_size=8)
-    budget = _plan_bytes(probe, 8) + 1           # batch 8 fits, 16 does not
-    assert _plan_bytes(probe, 16) > budget
+    gap = _plan_bytes(probe, 16) - _plan_bytes(probe, 8)
+    assert gap > 2**20
+    budget = process_memory() + _plan_bytes(probe, 8) + gap // 2   # batch 8 fits, 16 does not
     conv = _conv(ann, max_memory=budget)
     assert conv.calibration.batch_size == 8
-    snn = conv.run(fm.inputs(ann, 16)).model
+    x = np.load(Path(ann).parent.parent / "data" / "fmnist_calib.npz")["input"][:16]
+    snn = conv.run(x).model
     meta = {p.key: p.value for p in snn.metadata_props}
     assert meta["onnx2burst.calibration_samples"] == "16"
 
