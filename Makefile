@@ -18,14 +18,14 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml $(wildcard custom_ops/*)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q scikit-build-core pytest hypothesis
-	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]' $(TORCH)
 	@touch $@
 
 setup: $(STAMP)
 
 # Rebuild the kernel (C++ changes) and reinstall.
 install: $(BIN)/python
-	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]'
+	$(BIN)/pip install -q --no-build-isolation -e '.[test,torch]' $(TORCH)
 	@touch $(STAMP)
 
 test: setup

@@ -112,6 +112,7 @@ def sandbox(tmp_path_factory):
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("MPLBACKEND", "Agg")
+    env.setdefault("OMP_NUM_THREADS", "1")  # torch's threads stall each other on a small shared machine
     return {"folder": folder, "env": env, "failed": []}
 
 

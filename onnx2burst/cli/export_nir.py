@@ -13,25 +13,32 @@ import click
 @click.option("--lossy", is_flag=True,
               help="Approximate what NIR cannot express (MaxPool -> SumPool2d, drop a Softmax after the mean) "
                    "instead of refusing; each approximation is listed.")
-def export_nir(snn: Path, output: Path | None, lossy: bool):
-    """Export an SNN ONNX file (BurstIF nodes, from `onnx2burst convert`) as a NIR graph.
+@click.option("--neuron", type=click.Choice(["if", "cubalif"]), default="if", show_default=True,
+              help="NIR neuron of each BurstIF: 'if' (Sinabs and Norse import it) or 'cubalif' (an IF as a CubaLIF, "
+                   "for norse.torch.from_nir(g, reset_method=reset_subtract): Norse then resets by subtraction; "
+                   "Sinabs cannot import it).")
+def export_nir(snn: Path, output: Path | None, lossy: bool, neuron: str):
+    """Export an SNN ONNX file (BurstIF nodes, from `onnx2burst convert`) as a NIR graph
+    that Sinabs (sinabs.from_nir) and Norse (norse.torch.from_nir) import and run.
 
-    Each BurstIF becomes a NIR IF (threshold tau*vth per channel, r=1) followed by
-    Scale(tau*vth); Conv/Gemm keep the calibrated weights and biases (plus the neuron's
-    rounding offset theta/(2T) in the bias); AveragePool becomes AvgPool2d; a residual
-    Add becomes two edges into the next node. The time expansion and the mean over T are
-    not nodes: present the input at each of the T steps (metadata 'T') and average the
-    output over them. NIR's IF resets to zero and spikes once per step, so the export
-    is exact only up to that: the lost parts are printed per layer (docs/method.md §2).
+    Each BurstIF becomes a NIR IF of threshold tau*vth per channel; the spike weight tau*vth
+    is multiplied into the next layer's weights and the rounding offset theta/(2T) into the
+    bias before it. Conv and Gemm become Conv2d and Affine (Flatten -> Gemm: a Conv2d over the
+    whole map; the Output is then [K, 1, 1]); average pools become SumPool2d; a residual Add
+    becomes two edges into the next IF (a 1x1-conv shortcut: extra channels that carry the
+    spikes through the block). The time expansion and the mean over T are not nodes: present
+    the input at each of the T steps (metadata 'T') and average the output over them. What an
+    importer runs differently is printed per layer (Sinabs: no cap at psi, membrane floored at
+    -threshold; Norse and NIR's IF: reset to zero; docs/method.md §2).
 
-    Needs the nir package: pip install 'onnx2burst[nir]'.
+    Needs the nir package: pip install 'onnx2burst[nir]' (nir 1.0.4 to 1.0.8).
 
     \b
     Example:
-      onnx2burst convert models/zoo/vgg_fmnist.onnx --T 8 --psi 1 \\
+      onnx2burst convert models/zoo/vgg_fmnist.onnx --T 32 --psi 1 --maxpool spikes \\
           --calib models/data/fmnist_calib.npz -o vgg.snn.onnx
       onnx2burst export-nir vgg.snn.onnx -o vgg.nir
-      python -c "import nir; g = nir.read('vgg.nir'); print(len(g.nodes), g.metadata['T'])"
+      python -c "import nir, sinabs; g = nir.read('vgg.nir'); print(sinabs.from_nir(g, num_timesteps=32))"
     """
     import warnings
 
@@ -47,7 +54,7 @@ def export_nir(snn: Path, output: Path | None, lossy: bool):
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NIRExportWarning)
-            result = _export(snn, output, lossy=lossy)
+            result = _export(snn, output, lossy=lossy, neuron=neuron)
     except Onnx2BurstError as e:
         raise click.ClickException(str(e)) from None
     for w in caught:

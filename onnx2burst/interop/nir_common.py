@@ -1,5 +1,5 @@
 """What the NIR exporter's modules share: the result type, its warning and error, the
-supported ops, and the small value types of the graph walk (see ``interop.nir``)."""
+supported ops, and the small value types of the graph walk and of the lowering (see ``interop.nir``)."""
 from __future__ import annotations
 
 import re
@@ -26,25 +26,33 @@ class NIRExportWarning(UserWarning):
 @dataclass
 class NIRExport:
     """``graph``: the ``nir.NIRGraph``; ``losses``: (layer, what NIR loses) per layer;
-    ``approximations``: (node, op, what was done) for ops mapped only with ``lossy``."""
+    ``approximations``: (node, op, what was done) for ops mapped only with ``lossy``;
+    ``notes``: what the importers (nirtorch: Sinabs, Norse) cannot run as written, if anything;
+    ``data``: the file's bytes; ``neuron``: the NIR neuron type each BurstIF became ("if", "cubalif")."""
 
     graph: object
     T: int
     losses: list[tuple[str, str]] = field(default_factory=list)
     approximations: list[tuple[str, str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: bytes = field(default=b"", repr=False)
+    neuron: str = "if"
 
     @property
     def exact(self) -> bool:
-        return not self.losses and not self.approximations
+        return not self.losses and not self.approximations and not self.notes
 
     def message(self, source: str = "the SNN") -> str:
         """The warning text: one line per layer, then the approximations, then what they mean."""
         lines = [f"NIR cannot express all of {source}; the exported graph differs from it in:"]
         lines += [f"  {name}: {what}" for name, what in self.losses]
         lines += [f"  {name} ({op}): {what}" for name, op, what in self.approximations]
-        if self.losses:
-            lines.append("(NIR's IF resets to zero: the charge above the threshold at a spike is lost and rates come "
-                         "out lower; it emits one spike per step, so a burst of psi > 1 is clipped to one.)")
+        lines += [f"  importers: {note}" for note in self.notes]
+        if self.losses and self.neuron == "if":
+            lines.append("(NIR's IF, and Norse's, reset to zero and spike once a step: the charge above the threshold "
+                         "at a spike is lost, rates come out lower, and a burst of psi > 1 is clipped to one. Sinabs' "
+                         "IAF resets by subtraction like BurstIF, with no cap on the spikes a step and the membrane "
+                         "floored at -threshold; onnx2burst.interop.nir_run.sinabs_as_burstif makes it BurstIF.)")
         return "\n".join(lines)
 
 
@@ -68,6 +76,19 @@ def _nir():
         raise ConfigError("NIR export needs the 'nir' package: pip install 'onnx2burst[nir]' "
                           "(or pip install nir)") from None
     return nir
+
+
+@dataclass(eq=False)
+class _N:
+    """A NIR node before it becomes a ``nir`` object (``interop.nir_io``): its ``kind`` (Input, Output,
+    Conv, Affine, IF, SumPool, Flatten; Scale only until ``nir_lower`` removes it), parameters ``p``,
+    output ``shape`` without the batch axis, and ``meta``. Per-channel parameters run along axis 0
+    of ``shape``: IF ``thr`` (threshold, float32 [C]) and ``fires`` (bool [C]), Scale ``s`` ([C])."""
+
+    kind: str
+    p: dict
+    shape: tuple
+    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -99,10 +120,18 @@ def _why_not(op: str) -> str:
     return "NIR has no equivalent"
 
 
+# attributes of nirtorch's GraphExecutor (a torch Module) that a submodule name must not shadow
+_RESERVED = {"graph", "stateful_modules", "return_state", "execution_order", "training", "forward", "eval",
+             "train", "to", "type", "float", "double", "half", "cuda", "cpu", "apply", "modules", "children",
+             "parameters", "buffers", "state_dict", "call_super_init", "dump_patches"}
+
+
 def _sanitize(name: str) -> str:
-    """``name`` as a NIR node name: ``/`` becomes ``.``, other characters outside [A-Za-z0-9_.-] ``_``."""
-    s = re.sub(r"[^A-Za-z0-9_.\-]", "_", name.replace("/", ".")).strip("._")
-    return s or "node"
+    """``name`` as a NIR node name that is also a torch submodule name (nirtorch makes one per
+    node): characters outside [A-Za-z0-9_] become ``_``; a name a torch Module already uses gets ``_``."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_")
+    s = re.sub(r"_+", "_", s) or "node"
+    return s + "_" if s in _RESERVED else s
 
 
 def _conv_out(size, k, s, p0, p1, d):

@@ -2,6 +2,8 @@
 folding of each neuron's rounding offset ``theta/(2T)`` into a bias (docs/method.md §2).
 
 The neurons come from ``onnx2burst.snn.read_snn``; the per-op mappings are in ``nir_layers``.
+The result is a graph of ``_N`` records with ``Scale`` nodes, which ``nir_lower`` then rewrites
+into what the importers run.
 """
 from __future__ import annotations
 
@@ -14,16 +16,15 @@ from ..graph.index import attr
 from ..ops.schema import DOMAIN, OP_TYPE
 from ..rewrite.rewriter import LATERAL_TAG
 from ..snn import is_neuron, layer_name, read_snn
-from .nir_common import (_BROKEN, _DROPPABLE_TAIL, _FIRST_INPUT_ONLY, SUPPORTED_OPS, NIRUnsupportedError, _nir,
+from .nir_common import (_BROKEN, _DROPPABLE_TAIL, _FIRST_INPUT_ONLY, SUPPORTED_OPS, NIRUnsupportedError, _N,
                          _sanitize, _Skip, _Val, _why_not)
-from .nir_layers import _LayerMapper
+from .nir_layers import _LayerMapper, diagonal_conv
 
 
 class _Builder(_LayerMapper):
     """One export: walks the SNN's nodes in graph order and collects the NIR nodes and edges."""
 
     def __init__(self, model: onnx.ModelProto, lossy: bool):
-        self.nir = _nir()
         self.model = model
         self.g = model.graph
         self.lossy = lossy
@@ -40,7 +41,7 @@ class _Builder(_LayerMapper):
             for i in n.input:
                 if i:
                     self.consumers.setdefault(i, []).append(n)
-        self.nodes: dict = {}
+        self.nodes: dict[str, _N] = {}
         self.edges: list[tuple[str, str]] = []
         self.vals: dict[str, _Val] = {}
         self.names: set[str] = set()
@@ -48,8 +49,7 @@ class _Builder(_LayerMapper):
         self.approx: list[tuple[str, str, str]] = []
         self.losses: list[tuple[str, str]] = []
         self.burst = {n.name: n for n in self.snn.neurons}  # BurstIF layer name -> Neuron
-        self.neurons: list[dict] = []          # IF name, theta, offsets, shape, psi, source name
-        self.bias_of: dict[str, str] = {}      # NIR layer -> its bias field (for offset folding)
+        self.neurons: list[dict] = []          # IF name, offsets, shape, source name
         self.T = self._find_T()
 
     # -- helpers -------------------------------------------------------------------------
@@ -110,9 +110,9 @@ class _Builder(_LayerMapper):
         return seen
 
     # -- the walk --------------------------------------------------------------------------
-    def build(self):
-        """The ``nir.NIRGraph`` of the model, or ``NIRUnsupportedError`` listing every node that does not map."""
-        nir = self.nir
+    def build(self) -> dict:
+        """Map the model onto ``self.nodes``/``self.edges`` and return the graph's metadata, or raise
+        ``NIRUnsupportedError`` listing every node that does not map."""
         inits = set(self.consts)
         for vi in self.g.input:
             if vi.name in inits:
@@ -122,7 +122,7 @@ class _Builder(_LayerMapper):
                 raise GraphError(f"input {vi.name!r} has shape {dims}: NIR needs static dims after the batch axis")
             shape = tuple(int(d) for d in dims[1:])
             name = self.name(vi.name)
-            self.nodes[name] = nir.Input(input_type={"input": np.array(shape)}, metadata={"onnx_input": vi.name})
+            self.nodes[name] = _N("Input", {}, shape, {"onnx_input": vi.name})
             self.vals[vi.name] = _Val((name,), shape, "static")
         keep = self.data_nodes()
         lateral_seen: set[str] = set()
@@ -170,8 +170,9 @@ class _Builder(_LayerMapper):
             "source": "onnx2burst", "T": int(self.T),
             "encoding": f"direct: present the Input at every one of the T={self.T} steps",
             "readout": "average each Output over the T steps (metadata 'readout' of the Output)",
-            "neuron": "onnx2burst BurstIF (docs/method.md §2): IF + Scale(theta), rounding offset in the bias",
-            "reset": "subtract (exported: zero, NIR's IF)",
+            "burstif": "onnx2burst BurstIF (docs/method.md §2): IF of threshold theta = tau*vth; the spike weight "
+                      "theta is in the next layer's weights, the rounding offset theta/(2T) in the bias before",
+            "reset": "subtract (Sinabs' IAF: subtract; NIR's IF and Norse: zero)",
             "lossy": bool(self.lossy),
         }
         for key, value in self.snn.metadata.items():
@@ -180,7 +181,7 @@ class _Builder(_LayerMapper):
         if self.losses or self.approx:
             meta["losses"] = "\n".join([f"{a}: {b}" for a, b in self.losses]
                                        + [f"{a} ({b}): {c}" for a, b, c in self.approx])
-        return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=meta)
+        return meta
 
     def op(self, node, x: _Val):  # noqa: C901 - one branch per op
         """Map ``node`` (whose first input is ``x``) or raise ``_Skip``; the layers are in ``_LayerMapper``."""
@@ -233,7 +234,6 @@ class _Builder(_LayerMapper):
 
     # -- outputs and the rounding offset ----------------------------------------------------
     def outputs(self):
-        nir = self.nir
         for vi in self.g.output:
             v = self.vals.get(vi.name)
             if v is None:
@@ -251,50 +251,36 @@ class _Builder(_LayerMapper):
             if v.dropped:
                 meta["dropped"] = ",".join(v.dropped)
             name = self.name(vi.name)
-            self.add(name, nir.Output(output_type={"output": np.array(v.shape)}, metadata=meta), v.refs)
+            self.add(name, _N("Output", {}, v.shape, meta), v.refs)
 
     def fold_offsets(self):
         """Add each neuron's rounding offset theta/(2T) to the bias of the layer that feeds
-        only it; else put a bias-only layer in front of it."""
-        nir = self.nir
+        only it; else put a bias-only layer (identity weights) in front of it."""
         outs: dict[str, list[str]] = {}
         for s, d in self.edges:
             outs.setdefault(s, []).append(d)
         for nrn in self.neurons:
             name, off, shape = nrn["name"], nrn["offset"], nrn["shape"]
             preds = [s for s, d in self.edges if d == name]
-            target = None
-            for p in preds:
-                layer = self.nodes[p]
-                if isinstance(layer, (nir.Conv2d, nir.Conv1d, nir.Affine, nir.Linear)) and outs.get(p) == [name]:
-                    target = p
-                    break
+            target = next((p for p in preds if self.nodes[p].kind in ("Conv", "Affine") and outs.get(p) == [name]),
+                          None)
             if target is not None:
                 layer = self.nodes[target]
-                if isinstance(layer, nir.Linear):
-                    layer = nir.Affine(weight=layer.weight, bias=np.zeros(layer.weight.shape[0], np.float32),
-                                       metadata=dict(layer.metadata))
-                    self.nodes[target] = layer
-                onnx_bias = np.asarray(layer.bias, np.float32).copy()
-                layer.bias = (onnx_bias + off).astype(np.float32)
-                layer.metadata["rounding_offset"] = f"bias = onnx_bias + theta/(2T) of {nrn['label']}"
-                layer.metadata["onnx_bias"] = onnx_bias
-                self.nodes[name].metadata["rounding_offset_in"] = target
+                onnx_bias = np.asarray(layer.p["bias"], np.float32).copy()
+                layer.p["bias"] = (onnx_bias + off).astype(np.float32)
+                layer.meta["rounding_offset"] = f"bias = onnx_bias + theta/(2T) of {nrn['label']}"
+                layer.meta["onnx_bias"] = onnx_bias
+                self.nodes[name].meta["rounding_offset_in"] = target
                 continue
-            # a bias-only layer: depthwise 1x1 conv with unit weights, or an identity Affine
             C = shape[0]
-            bname = self.name(nrn["label"] + ".offset")
+            bname = self.name(nrn["label"] + "_offset")
             meta = {"onnx_node": nrn["label"], "role": f"rounding offset theta/(2T) of {nrn['label']}"}
-            if len(shape) == 3:
-                bn = nir.Conv2d(input_shape=tuple(shape[1:]), weight=np.ones((C, 1, 1, 1), np.float32), stride=1,
-                                padding=0, dilation=1, groups=C, bias=off.copy(), metadata=meta)
-            elif len(shape) == 2:
-                bn = nir.Conv1d(input_shape=int(shape[1]), weight=np.ones((C, 1, 1), np.float32), stride=1,
-                                padding=0, dilation=1, groups=C, bias=off.copy(), metadata=meta)
+            if len(shape) == 1:
+                bn = _N("Affine", {"weight": np.eye(C, dtype=np.float32), "bias": off.copy()}, shape, meta)
             else:
-                bn = nir.Affine(weight=np.eye(C, dtype=np.float32),
-                                bias=np.broadcast_to(off, (C,)).astype(np.float32), metadata=meta)
+                bn = diagonal_conv(C, shape, meta=meta)
+                bn.p["bias"] = off.copy()
             self.nodes[bname] = bn
             self.edges = [(s, bname if d == name else d) for s, d in self.edges]
             self.edges.append((bname, name))
-            self.nodes[name].metadata["rounding_offset_in"] = bname
+            self.nodes[name].meta["rounding_offset_in"] = bname

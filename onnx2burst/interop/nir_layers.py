@@ -1,8 +1,10 @@
 """The per-op part of the NIR exporter: how each ONNX layer of an SNN becomes NIR nodes.
 
 ``_LayerMapper`` is a mixin of ``nir_graph._Builder``: each method maps one node onto
-``self.nodes``/``self.edges`` and records its output in ``self.vals``, or raises ``_Skip``
-saying why it cannot. See ``interop.nir`` for the mapping and what it loses.
+``self.nodes``/``self.edges`` (``_N`` records, made ``nir`` objects by ``nir_io``) and records its
+output in ``self.vals``, or raises ``_Skip`` saying why it cannot. The graph it builds still has
+``Scale`` nodes (a spike weighs ``theta``, an average pool ``1/k``); ``nir_lower`` removes them.
+See ``interop.nir`` for the mapping and what it loses.
 """
 from __future__ import annotations
 
@@ -10,17 +12,30 @@ import numpy as np
 
 from ..graph.index import attr
 from ..snn import Neuron
-from .nir_common import _Skip, _Val, _auto_pad, _conv_out, _why_not
+from .nir_common import _N, _Skip, _Val, _auto_pad, _conv_out, _why_not
+
+
+def diagonal_conv(C: int, shape: tuple, k=(1, 1), stride=(1, 1), pads=(0, 0), value=None, meta=None) -> _N:
+    """A Conv that maps channel ``c`` onto channel ``c`` only (weight ``value[c]`` at every tap of a
+    ``k`` kernel), on a sample of ``shape`` (C, ...): a per-channel scale, a bias carrier or a pool.
+    A dense (groups=1) diagonal, not a depthwise conv: nir's type inference ignores ``groups``."""
+    nd = len(shape) - 1
+    k, stride, pads = tuple(k[:nd]), tuple(stride[:nd]), tuple(pads[:nd])
+    v = np.ones(C, np.float32) if value is None else np.broadcast_to(np.asarray(value, np.float32), (C,))
+    w = np.zeros((C, C) + k, np.float32)
+    w[np.arange(C), np.arange(C)] = v.reshape((C,) + (1,) * nd)
+    spatial = tuple(_conv_out(shape[1 + i], k[i], stride[i], pads[i], pads[i], 1) for i in range(nd))
+    return _N("Conv", {"weight": w, "bias": np.zeros(C, np.float32), "stride": stride, "padding": pads,
+                       "dilation": (1,) * nd, "groups": 1, "in_shape": tuple(shape)}, (C,) + spatial, dict(meta or {}))
 
 
 class _LayerMapper:
-    """The layer mappings of ``_Builder`` (which provides ``nir``, ``nodes``, ``vals``, ``const``, ...)."""
+    """The layer mappings of ``_Builder`` (which provides ``nodes``, ``vals``, ``const``, ``add``, ...)."""
 
     def burst_if(self, nrn: Neuron, x: _Val):
-        """``IF(r=1, v_threshold=theta, v_reset=0)`` then ``Scale(theta)``, ``theta = tau*vth`` per
-        channel (docs/method.md §2); channels with ``theta <= 0`` get ``r = 0``, threshold 1 and
-        scale 0. The rounding offset ``theta/(2T)`` is kept for ``fold_offsets``."""
-        nir = self.nir
+        """``IF(r=1, v_threshold=theta = tau*vth)`` per channel, then ``Scale(theta)`` (docs/method.md
+        §2). A channel with ``theta <= 0`` never fires (``fires`` false; ``nir_io`` gives it an
+        unreachable threshold). The rounding offset ``theta/(2T)`` is kept for ``fold_offsets``."""
         if x.phase != "temporal":
             raise _Skip("the neuron's input is not time-expanded (no Tile before it)")
         vth = nrn.vth if nrn.vth is not None else self.const(nrn.vth_name)  # an initializer, or a Constant's value
@@ -31,37 +46,31 @@ class _LayerMapper:
         shape = x.shape
         if vth.size not in (1, shape[0]):
             raise _Skip(f"vth has {vth.size} values for {shape[0]} channels")
-        theta_c = np.float32(tau) * vth                       # as the kernel computes it
-        fires_c = theta_c > 0
-        bshape = (-1,) + (1,) * (len(shape) - 1)
-        full = lambda v: np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.float32).reshape(bshape), shape))  # noqa: E731
-        theta = full(np.where(fires_c, theta_c, np.float32(1)))
+        C = shape[0]
+        theta_c = np.broadcast_to(np.float32(tau) * vth, (C,)).astype(np.float32)   # as the kernel computes it
+        fires = theta_c > 0
         label = nrn.name
-        name = self.name(label)
-        meta = {"onnx_node": label, "psi": psi, "tau": tau, "T": T, "vth": vth,
-                "reset": "subtract", "exported_reset": "zero",
-                "scale_node": "", "rounding_offset": "theta/(2T) per step, added to the bias of the layer feeding it"}
-        ifn = nir.IF(r=full(fires_c.astype(np.float32)), v_threshold=theta,
-                     v_reset=np.zeros(shape, np.float32), metadata=meta)
-        self.add(name, ifn, x.refs)
-        sname = self.name(label + ".scale")
-        meta["scale_node"] = sname
-        scale = full(np.where(fires_c, theta_c, np.float32(0)))
-        self.add(sname, nir.Scale(scale=scale, metadata={"onnx_node": label, "role": "spike weight theta = tau*vth"}),
-                 [name])
-        offset_c = np.where(fires_c, theta_c / np.float32(2 * T), np.float32(0)).astype(np.float32)
+        meta = {"onnx_node": label, "psi": int(psi), "tau": float(tau), "T": int(T), "vth": vth,
+                "reset": "subtract", "spike_weight": "theta = tau*vth, folded into the next layer's weights",
+                "rounding_offset": "theta/(2T) per step, in the bias of the layer feeding it"}
+        name = self.add(self.name(label), _N("IF", {"thr": np.where(fires, theta_c, np.float32(1)), "fires": fires},
+                                             shape, meta), x.refs)
+        sname = self.add(self.name(label + "_scale"), _N("Scale", {"s": np.where(fires, theta_c, np.float32(0))},
+                                                         shape, {"onnx_node": label}), [name])
+        offset_c = np.where(fires, theta_c / np.float32(2 * T), np.float32(0)).astype(np.float32)
         self.neurons.append({"name": name, "label": label, "offset": offset_c, "shape": shape})
-        loss = ["reset to zero instead of by subtraction"]
         if psi > 1:
-            loss.append(f"psi={psi} -> 1 spike per step (output capped at theta per step, not {psi}*theta)")
-        self.losses.append((label, "; ".join(loss)))
+            loss = (f"psi={psi}: NIR's IF and Norse reset to zero and spike once a step; Sinabs: no cap at "
+                    f"{psi} spikes a step, membrane floored at -threshold")
+        else:
+            loss = "NIR's IF and Norse reset to zero; Sinabs: several spikes a step, membrane floored at -threshold"
+        self.losses.append((label, loss))
         self.vals[nrn.y] = _Val((sname,), shape, x.phase)
         if nrn.spikes:
             self.vals[nrn.spikes] = None  # the spike count: not representable
 
     def conv(self, node, x: _Val):
         """``Conv`` -> ``Conv1d``/``Conv2d`` with the initializer weights and bias (zero when absent)."""
-        nir = self.nir
         w = self.const(node.input[1])
         b = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if w is None or (len(node.input) > 2 and node.input[2] and b is None):
@@ -83,20 +92,15 @@ class _LayerMapper:
         label = node.name or node.output[0]
         spatial = tuple(_conv_out(x.shape[1 + i], w.shape[2 + i], strides[i], pads[i], pads[i + nd], dil[i])
                         for i in range(nd))
-        meta = {"onnx_node": label}
-        if nd == 2:
-            n = nir.Conv2d(input_shape=tuple(x.shape[1:]), weight=w, stride=tuple(strides), padding=tuple(pads[:2]),
-                           dilation=tuple(dil), groups=groups, bias=bias, metadata=meta)
-        else:
-            n = nir.Conv1d(input_shape=int(x.shape[1]), weight=w, stride=strides[0], padding=pads[0],
-                           dilation=dil[0], groups=groups, bias=bias, metadata=meta)
+        n = _N("Conv", {"weight": w, "bias": bias, "stride": tuple(strides), "padding": tuple(pads[:nd]),
+                        "dilation": tuple(dil), "groups": groups, "in_shape": tuple(x.shape)},
+               (int(w.shape[0]),) + spatial, {"onnx_node": label})
         name = self.add(self.name(label), n, x.refs)
-        self.vals[node.output[0]] = _Val((name,), (int(w.shape[0]),) + spatial, x.phase)
+        self.vals[node.output[0]] = _Val((name,), n.shape, x.phase)
 
     def dense(self, node, x: _Val):
-        """``MatMul`` -> ``Linear`` (weight ``B^T``); ``Gemm`` -> ``Affine`` with weight
-        ``alpha * op(B)`` and bias ``beta * C`` (``Linear`` without C)."""
-        nir = self.nir
+        """``MatMul`` -> ``Affine`` (weight ``B^T``, bias 0); ``Gemm`` -> ``Affine`` with weight
+        ``alpha * op(B)`` and bias ``beta * C`` (0 without C)."""
         label = node.name or node.output[0]
         if len(x.shape) != 1:
             raise _Skip(f"{node.op_type} on a sample of shape {list(x.shape)}: NIR's Affine takes vectors")
@@ -121,15 +125,14 @@ class _LayerMapper:
                                        (W.shape[0],)).astype(np.float32)
         if W.shape[1] != x.shape[0]:
             raise _Skip(f"weight {list(W.shape)} does not fit an input of {x.shape[0]} features")
-        meta = {"onnx_node": label}
-        n = nir.Linear(weight=W, metadata=meta) if bias is None else nir.Affine(weight=W, bias=bias, metadata=meta)
+        bias = np.zeros(W.shape[0], np.float32) if bias is None else bias
+        n = _N("Affine", {"weight": np.ascontiguousarray(W), "bias": bias}, (int(W.shape[0]),), {"onnx_node": label})
         name = self.add(self.name(label), n, x.refs)
-        self.vals[node.output[0]] = _Val((name,), (int(W.shape[0]),), x.phase)
+        self.vals[node.output[0]] = _Val((name,), n.shape, x.phase)
 
     def add_op(self, node):
         """``Add`` of two mapped branches -> both feed the next node (a NIR node sums its
         inputs); ``Add`` of a per-channel constant -> folded into the bias of the layer before."""
-        nir = self.nir
         ins = list(node.input)
         consts = [self.const(i) for i in ins]
         if len(ins) != 2:
@@ -151,30 +154,23 @@ class _LayerMapper:
         # a bias after a MatMul/Conv that feeds only this Add: fold it into the layer
         layer = self.nodes.get(v.refs[0]) if len(v.refs) == 1 else None
         only_here = len(self.consumers.get(ins[k], [])) == 1 and ins[k] not in {o.name for o in self.g.output}
-        if isinstance(layer, (nir.Linear, nir.Affine, nir.Conv2d, nir.Conv1d)) and only_here:
+        if layer is not None and layer.kind in ("Affine", "Conv") and only_here:
             C = v.shape[0]
             cc = np.asarray(c, np.float32)
             rank = len(v.shape) + 1                      # with the batch axis
             padded = (1,) * (rank - cc.ndim) + tuple(cc.shape) if cc.ndim <= rank else None
             ok = padded is not None and padded[0] == 1 and padded[1] in (1, C) and all(d == 1 for d in padded[2:])
-            vec = np.broadcast_to(cc.reshape(-1), (C,)) if ok else None
-            if vec is None:
+            if not ok:
                 raise _Skip(f"adds a constant of shape {list(cc.shape)} that is not a per-channel bias")
-            if isinstance(layer, nir.Linear):
-                layer = nir.Affine(weight=layer.weight, bias=np.asarray(vec, np.float32).copy(),
-                                   metadata=dict(layer.metadata, bias_from=node.name or node.output[0]))
-                self.nodes[v.refs[0]] = layer
-            else:
-                layer.bias = (layer.bias + vec).astype(np.float32)
-                layer.metadata["bias_from"] = node.name or node.output[0]
+            layer.p["bias"] = (layer.p["bias"] + np.broadcast_to(cc.reshape(-1), (C,))).astype(np.float32)
+            layer.meta["bias_from"] = node.name or node.output[0]
             self.vals[node.output[0]] = v
             return
         raise _Skip("adds a constant that is not the bias of the layer before it")
 
     def pool(self, node, x: _Val):
-        """``AveragePool``/``GlobalAveragePool`` -> ``AvgPool2d``; ``MaxPool`` -> ``SumPool2d``
-        (only with ``lossy``)."""
-        nir = self.nir
+        """``AveragePool``/``GlobalAveragePool`` -> ``SumPool2d`` then ``Scale(1/k)`` (a padded one:
+        a diagonal Conv of weight ``1/k``); ``MaxPool`` -> ``SumPool2d`` (only with ``lossy``)."""
         label = node.name or node.output[0]
         if len(x.shape) != 3:
             raise _Skip(f"pooling on a sample of shape {list(x.shape)}: NIR pools in 2-d")
@@ -189,7 +185,7 @@ class _LayerMapper:
             if ap not in ("NOTSET", "VALID") or int(attr(node, "ceil_mode", 0)) or pads[:2] != pads[2:]:
                 raise _Skip("auto_pad, ceil_mode or asymmetric pads")
             if node.op_type == "AveragePool" and any(pads) and not int(attr(node, "count_include_pad", 0)):
-                raise _Skip("count_include_pad=0 with padding: NIR's AvgPool2d divides by the kernel size")
+                raise _Skip("count_include_pad=0 with padding: the divisor would vary at the border")
             if node.op_type == "MaxPool":
                 if any(int(d) != 1 for d in attr(node, "dilations", [1, 1])):
                     raise _Skip("dilated MaxPool")
@@ -197,24 +193,29 @@ class _LayerMapper:
                     raise _Skip(_why_not("MaxPool"))
                 self.approx.append((label, "MaxPool", f"approximated by SumPool2d (kernel {k}, stride {s}): "
                                     "the sum of the window's spikes, not their max (equal while at most one fires)"))
-        Ho = _conv_out(H, k[0], s[0], pads[0], pads[2], 1)
-        Wo = _conv_out(W, k[1], s[1], pads[1], pads[3], 1)
-        pool = nir.SumPool2d if node.op_type == "MaxPool" else nir.AvgPool2d
-        n = pool(kernel_size=np.array(k), stride=np.array(s), padding=np.array(pads[:2]),
-                 metadata={"onnx_node": label, "onnx_op": node.op_type})
+        avg = node.op_type != "MaxPool"
+        meta = {"onnx_node": label, "onnx_op": node.op_type}
+        if any(pads):   # importers ignore a SumPool2d's padding: a diagonal conv pads with zeros like ONNX
+            n = diagonal_conv(C, x.shape, k, s, pads[:2], np.float32(1.0 / (k[0] * k[1])) if avg else None, meta)
+            name = self.add(self.name(label), n, x.refs)
+            self.vals[node.output[0]] = _Val((name,), n.shape, x.phase)
+            return
+        shape = (C, _conv_out(H, k[0], s[0], 0, 0, 1), _conv_out(W, k[1], s[1], 0, 0, 1))
+        n = _N("SumPool", {"kernel": tuple(k), "stride": tuple(s)}, shape, meta)
         name = self.add(self.name(label), n, x.refs)
-        self.vals[node.output[0]] = _Val((name,), (C, Ho, Wo), x.phase)
+        if avg:
+            name = self.add(self.name(label + "_mean"), _N("Scale", {"s": np.full(C, 1.0 / (k[0] * k[1]), np.float32)},
+                                                            shape, {"onnx_node": label}), [name])
+        self.vals[node.output[0]] = _Val((name,), shape, x.phase)
 
     def flatten(self, label: str, x: _Val, out: str):
         """A flatten of everything after the batch axis -> ``Flatten(start_dim=0)`` (nothing for a vector)."""
-        nir = self.nir
         if len(x.shape) == 1:
             self.vals[out] = x
             return
-        n = nir.Flatten(input_type={"input": np.array(x.shape)}, start_dim=0, end_dim=-1,
-                        metadata={"onnx_node": label})
+        n = _N("Flatten", {"in_shape": tuple(x.shape)}, (int(np.prod(x.shape)),), {"onnx_node": label})
         name = self.add(self.name(label), n, x.refs)
-        self.vals[out] = _Val((name,), (int(np.prod(x.shape)),), x.phase)
+        self.vals[out] = _Val((name,), n.shape, x.phase)
 
     def reshape(self, node, x: _Val):
         """``Reshape`` to ``[N, -1]`` -> ``Flatten``; the time unfold ``[T, N, ...]`` read only by the
