@@ -158,7 +158,6 @@ NUMBER_NAMES = {"--max-memory": ("9" * 400, "-1")}
 
 #: rows whose fix belongs to a file another engineer owns: row id prefix -> that file
 ELSEWHERE = {
-    "export-nir-output--o-newdir/": "onnx2burst/cli/export_nir.py: -o with path_type=Path drops the trailing '/'",
 }
 
 

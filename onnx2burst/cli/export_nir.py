@@ -8,7 +8,7 @@ import click
 
 @click.command("export-nir")
 @click.argument("snn", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="NIR file to write (HDF5; default: SNN with .nir beside it).")
 @click.option("--lossy", is_flag=True,
               help="Approximate what NIR cannot express (MaxPool -> SumPool2d, drop a Softmax after the mean) "
@@ -17,7 +17,7 @@ import click
               help="NIR neuron of each BurstIF: 'if' (Sinabs and Norse import it) or 'cubalif' (an IF as a CubaLIF, "
                    "for norse.torch.from_nir(g, reset_method=reset_subtract): Norse then resets by subtraction; "
                    "Sinabs cannot import it).")
-def export_nir(snn: Path, output: Path | None, lossy: bool, neuron: str):
+def export_nir(snn: Path, output: str | None, lossy: bool, neuron: str):
     """Export an SNN ONNX file (BurstIF nodes, from `onnx2burst convert`) as a NIR graph
     that Sinabs (sinabs.from_nir) and Norse (norse.torch.from_nir) import and run.
 
@@ -50,6 +50,9 @@ def export_nir(snn: Path, output: Path | None, lossy: bool, neuron: str):
         name = snn.name[:-5] if snn.name.endswith(".onnx") else snn.name
         output = snn.with_name(name + ".nir")
     try:
+        from onnx2burst.io import check_output
+
+        output = check_output(output, snn)   # as typed: "newdir/" names a folder, not a file
         from onnx2burst.interop.nir import NIRExportWarning, export_nir as _export
 
         with warnings.catch_warnings(record=True) as caught:
