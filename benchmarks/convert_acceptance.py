@@ -223,7 +223,7 @@ def main(argv=None):
         lines += ["", "## An ImageNet-size ResNet-50 (224x224, random weights), T=8, psi=4, default options, "
                   "fresh process", "",
                   "The batch size follows the memory budget (the smaller of 4 GiB and a quarter of the memory "
-                  "available); the calibration data is the one part that grows with the samples.", "",
+                  "available).", "",
                   "| samples | batch chosen | wall time | peak RSS (VmHWM) | data itself | stages |",
                   "|---:|---:|---:|---:|---:|---|"]
         for n, b in sorted(store["big"].items(), key=lambda kv: int(kv[0])):
