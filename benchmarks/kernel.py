@@ -46,7 +46,7 @@ LAYER_SHAPES = ((12544,), (1024, 3, 3), (256, 7, 7), (64, 14, 14), (4, 56, 56))
 def _measure(relu, burst, x, vth, threads, repeats, fallback):
     """Medians (ms) of interleaved repeats of Relu, the kernel (and the fallback) on x, and the
     medians of the per-repeat ratios. Idle pool threads sleep (``common.session``): spinning
-    workers would steal the cores from the next session's run and skew the 2-thread columns."""
+    workers would steal the cores from the next onnxruntime session's run and skew the 2-thread columns."""
     sessions = {
         "relu": (session(relu, threads, kernel=False), {"X": x}),
         "kernel": (session(burst, threads, kernel=True), {"X": x, "vth": vth}),
