@@ -75,7 +75,24 @@ def test_the_portable_file_is_evaluated(pair, tmp_path):
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     ref = evaluate(pair / "ann.onnx", pair / "snn.onnx", pair / "test.npz", threads=1)
-    assert d["energy"] is None and d["agreement"] == ref.agreement and d["T"] == 4
+    assert d["agreement"] == ref.agreement and d["T"] == 4
+    # folded back to its BurstIF nodes: the spikes of the SNN it was made from
+    assert d["energy"]["spikes"] == pytest.approx(ref.energy.spikes) and ref.energy.spikes > 0
+
+
+def test_a_portable_file_without_its_neuron_record_is_evaluated_without_spikes(pair, tmp_path):
+    from onnx2burst.interop.portable import RECORD_KEY
+
+    p = make_portable(onnx.load(pair / "snn.onnx"))
+    keep = [m for m in p.metadata_props if m.key != RECORD_KEY]
+    del p.metadata_props[:]
+    p.metadata_props.extend(keep)
+    save_model(p, tmp_path / "portable.onnx")
+    res = CliRunner().invoke(main, ["eval", str(pair / "ann.onnx"), str(tmp_path / "portable.onnx"), "--data",
+                                    str(pair / "test.npz"), "--json"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    assert d["energy"] is None and any("not counted" in n for n in d["notes"])
 
 
 def test_a_model_onnxruntime_cannot_run_on_the_data_is_one_line(pair, tmp_path):

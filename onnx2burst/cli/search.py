@@ -89,7 +89,13 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
             from onnx2burst.data import load_data
 
             sweep_data = load_data(eval_data, conv.source, image=calib.image, max_memory=calib.max_memory)
-        snn = load_model(snn_path) if snn_path else None
+        snn = None
+        if snn_path:   # a portable file folded back; no BurstIF node: refused before the search runs
+            from onnx2burst.interop.portable import fold_back
+            from onnx2burst.snn import read_snn
+
+            snn = fold_back(load_model(snn_path))
+            read_snn(snn)
         res = S.tune(conv, data, cfg, snn=snn, progress=progress)
         sweep = None
         if cfg.ssc and rs:

@@ -9,6 +9,7 @@ import onnx
 from .. import ops
 from ..data import load_data
 from ..errors import ConfigError, onnxruntime_errors
+from ..interop.portable import fold_back
 from ..io import file_sha256, model_sha256
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
@@ -91,7 +92,8 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
 
     Returns top-1 of both (with labels), top-1 agreement, the mean symmetric KL, spikes per
     sample per layer, SynOps, the energy estimate against the ANN's MACs, and ms per sample
-    (spikes and energy are None for a file without BurstIF nodes: ``convert --portable``).
+    (a portable file is folded back to its BurstIF nodes; spikes and energy are None for a
+    file without BurstIF nodes and without the record of them).
     A model whose batch axis is fixed runs at that batch. max_memory: ``ResourceLimitError``
     before any session is made when the two models at this batch size (the SNN at T*batch)
     need more (``onnx2burst.limits``; None: the memory available). other_ann: compare even
@@ -101,7 +103,7 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
     from ..limits import MemoryEstimate, enforce, estimate
 
     ann_path = ann
-    ann, snn = load_onnx(ann), load_onnx(snn)
+    ann, snn = load_onnx(ann), fold_back(load_onnx(snn))
     view = read_snn(snn, require=False)
     if not view.neurons and not view.metadata:
         raise ConfigError("the second model is not an onnx2burst SNN: no BurstIF node and no onnx2burst metadata")
@@ -118,7 +120,8 @@ def evaluate(ann, snn, data, *, batch_size: int = 256, threads: int | None = Non
         notes += list(em.notes)
     else:
         em, snn_run, spike_names = None, snn, []
-        notes.append("no BurstIF node (a portable file): spikes and energy are not counted")
+        notes.append("no BurstIF node and no record of them (a portable file made by an older version): "
+                     "spikes and energy are not counted")
     use_kernel = (ops.kernel_available() if kernel is None else kernel) and bool(view.neurons)
     with onnxruntime_errors("the ANN"):
         a_sess = ops.make_session(ann, kernel=False, threads=threads)

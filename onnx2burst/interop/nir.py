@@ -71,6 +71,7 @@ from .nir_common import SUPPORTED_OPS, NIRExport, NIRExportWarning, NIRUnsupport
 from .nir_graph import _Builder
 from .nir_io import NEURONS, graph_dict, read_bytes, write_bytes
 from .nir_lower import lower
+from .portable import fold_back
 
 __all__ = ["NIRExport", "NIRExportWarning", "NIRUnsupportedError", "to_nir", "export_nir", "SUPPORTED_OPS"]
 
@@ -87,7 +88,7 @@ def to_nir(model: onnx.ModelProto, *, lossy: bool = False, neuron: str = "if") -
     """
     if neuron not in NEURONS:
         raise ConfigError(f"neuron must be one of {', '.join(NEURONS)}, not {neuron!r}")
-    b = _Builder(model, lossy)
+    b = _Builder(fold_back(model), lossy)   # a portable file: its BurstIF nodes back
     meta = b.build()
     notes = lower(b.nodes, b.edges, b.T)
     losses = b.losses

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
 from ..snn import read_snn
+from .portable import fold_back
 
 __all__ = ["BurstIF", "OnnxModule", "load", "export", "SUPPORTED_OPS"]
 
@@ -297,6 +298,7 @@ class OnnxModule(torch.nn.Module):
 
     def __init__(self, model: onnx.ModelProto):
         super().__init__()
+        model = fold_back(model)   # a portable file: its BurstIF nodes back
         g = model.graph
         inits = {i.name for i in g.initializer}
         self.input_names = [i.name for i in g.input if i.name not in inits]
