@@ -69,6 +69,8 @@ _OTHER_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.DOUBLE: "
 def _check_interface(model: onnx.ModelProto, what: str) -> None:
     """Refuse, naming the tensor, what the converter cannot take: a model computing in another
     float type than float32, an input without a batch axis (rank 0 or 1)."""
+    if any(p.key == "onnx2burst.stream" for p in model.metadata_props):
+        raise GraphError(f"{what} is a streaming model (export-stream); convert takes the ANN (a ReLU network)")
     g = model.graph
     inits = {t.name for t in g.initializer}
     for vi in list(g.input) + list(g.output):
@@ -196,8 +198,15 @@ class Converter:
     def load_data(self, calib) -> CalibrationSet:
         """Read and check calibration data against the model's inputs (``onnx2burst.data``)."""
         c = self.calibration
-        return load_data(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
+        data = load_data(calib, input_specs(self.canonical.model), samples=c.samples, seed=c.seed,
                          image=c.image, max_memory=c.max_memory)
+        if self.batch_note is not None and len(data) < c.samples:
+            # the batch was planned for c.samples samples; the data holds fewer: plan again for them
+            self.config = dataclasses.replace(self.config, calibration=dataclasses.replace(
+                c, samples=len(data), batch_size=None))
+            self.batch_note = self.plan_batch(self.canonical.model, str(self.source_path or "the model"),
+                                              info=self.canonical.info, keep=[n.output for n in self.analysis.neurons])
+        return data
 
     def settings(self, psi: Mapping[str, int] | None = None, tau: Mapping[str, float] | None = None) \
             -> dict[str, tuple[int, float]]:

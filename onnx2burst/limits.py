@@ -36,7 +36,8 @@ from typing import Iterable
 from .errors import ConfigError, ResourceLimitError
 
 __all__ = ["WEIGHT_COPIES", "DEFAULT_BUDGET", "MemoryEstimate", "parse_bytes", "format_bytes", "available_memory",
-           "memory_limit", "memory_budget", "process_memory", "tensor_bytes", "estimate", "enforce"]
+           "memory_limit", "memory_budget", "process_memory", "tensor_bytes", "estimate", "enforce", "available_cores",
+           "cap_threads"]
 
 #: the weights are held by the loaded model, its rewritten copy and onnxruntime's session.
 WEIGHT_COPIES = 3
@@ -44,6 +45,31 @@ WEIGHT_COPIES = 3
 DEFAULT_BUDGET = 4 * 2**30
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity; else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_threads(threads: int | None, what: str = "threads") -> int | None:
+    """``threads`` capped at the cores available (more only make onnxruntime's workers wait for
+    each other; a warning says so). None stays None; below 1 is a ``ConfigError`` naming ``what``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ConfigError(f"{what} must be an integer >= 1, got {threads!r}")
+    cores = available_cores()
+    if threads > cores:
+        import warnings
+
+        warnings.warn(f"{what}={threads} is more than the {cores} core(s) available; using {cores}", ResourceWarning,
+                      stacklevel=3)
+        return cores
+    return int(threads)
 
 
 def parse_bytes(value, name: str = "--max-memory") -> int | None:

@@ -56,6 +56,27 @@ def test_the_batch_follows_max_memory():
     assert meta["onnx2burst.calibration_samples"] == "16"
 
 
+def test_data_with_fewer_samples_than_asked_plans_the_batch_again():
+    """The batch planned for --calib-samples 4096 is planned again for the 16 samples the data holds."""
+    from pathlib import Path
+
+    from onnx2burst.limits import process_memory
+
+    ann = str(Path(__file__).resolve().parent.parent / "models" / "zoo" / "resnet20_fmnist.onnx")
+
+    def conv(samples, **calib):
+        return onnx2burst.Converter(ann, ConvertConfig(T=8, calibration=CalibrationConfig(samples=samples, **calib)))
+
+    many, few = conv(4096, batch_size=8), conv(16, batch_size=8)
+    assert _plan_bytes(many, 8) > _plan_bytes(few, 64)   # the data of 4096 samples outweighs batch 64
+    c = conv(4096, max_memory=process_memory() + _plan_bytes(many, 8) + 2**20)
+    assert c.calibration.batch_size <= 8
+    x = np.load(Path(ann).parent.parent / "data" / "fmnist_calib.npz")["input"][:16]
+    data = c.load_data(x)
+    assert len(data) == 16 and c.calibration.samples == 16 and c.calibration.batch_size == 64, c.batch_note
+    assert c.batch_note.startswith("batch size 64:")
+
+
 def test_too_little_memory_even_at_batch_1_is_one_line(tmp_path):
     ann = fm.residual()
     with pytest.raises(ResourceLimitError, match="batch 1"):
@@ -71,3 +92,24 @@ def test_too_little_memory_even_at_batch_1_is_one_line(tmp_path):
 
 def test_a_given_batch_size_is_kept():
     assert _conv(fm.residual(), batch_size=7).calibration.batch_size == 7
+
+
+def test_the_library_caps_threads_at_the_cores_available():
+    """ops.make_session(threads=...) as the CLI's --threads: more than the cores are capped with a
+    warning, fewer than one refused naming the argument."""
+    import warnings
+
+    from onnx2burst import ops
+    from onnx2burst.errors import ConfigError
+    from onnx2burst.limits import available_cores
+
+    m = fm.conv_relu()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sess = ops.make_session(m, kernel=False, threads=10**6)
+    assert any(issubclass(w.category, ResourceWarning) and f"{available_cores()} core" in str(w.message)
+               for w in caught)
+    assert sess.get_session_options().intra_op_num_threads == available_cores()
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+            ops.make_session(m, kernel=False, threads=bad)

@@ -22,6 +22,7 @@ from typing import Iterator
 import click
 
 from onnx2burst.config import MAX_BATCH, MAX_PSI, MAX_SAMPLES, MAX_SEED, MAX_T, MAX_THREADS
+from onnx2burst.limits import available_cores
 
 __all__ = ["snn_options", "calibration_options", "threads_option", "max_memory_option", "search_options", "build_snn",
            "build_calibration", "build_search", "parse_size", "parse_floats", "RichProgress", "cli_errors",
@@ -70,14 +71,6 @@ class FiniteFloat(click.FloatRange):
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return rv
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity; else os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def _cap_threads(ctx, param, value):

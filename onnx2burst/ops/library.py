@@ -68,7 +68,7 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
 
     kernel: True = require it (error if missing), False = never register it (the standard-op
     fallback runs), None = register it when available. threads: intra-op threads (None: ORT's
-    default). optimization: an ``onnxruntime.GraphOptimizationLevel`` or its name
+    default; more than the cores available: capped, with a ``ResourceWarning``). optimization: an ``onnxruntime.GraphOptimizationLevel`` or its name
     ("disable", "basic", "extended", "all"). spinning=False: idle intra-op threads sleep
     instead of spinning (for benchmarks that interleave several sessions on few cores).
     arena=False: no CPU memory arena (each tensor freed when done): a process that makes many
@@ -76,9 +76,12 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     """
     import onnxruntime as ort
 
+    from ..limits import cap_threads
+
     so = ort.SessionOptions()
+    threads = cap_threads(threads)
     if threads is not None:
-        so.intra_op_num_threads = int(threads)
+        so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     if optimization is not None:
         if isinstance(optimization, str):
