@@ -136,6 +136,45 @@ def resnet18(in_channels: int = 18, num_classes: int = 10, widths=(16, 32, 64, 1
     return ResNet((2, 2, 2, 2), widths, in_channels, num_classes, reduction=reduction)
 
 
+# ------------------------------------------------------------------ detector
+class Detector(nn.Module):
+    """YOLO-style single-stage detector for 64x64 canvases (``models/detect_data.py``).
+
+    Backbone Conv3x3-BN-act with strides 2, 2, 1, 2, 1 (64 -> 32 -> 16 -> 8); a neck that
+    upsamples the stride-8 map (nearest), concatenates it with the stride-4 one and fuses them
+    (1x1 then 3x3); two heads (1x1 convs) of ``5 + num_classes`` channels per cell at strides 4
+    and 8: ``tx, ty, tw, th, objectness, class logits`` (one box per cell, decoded by
+    ``models.detect.decode``). ``act``: "relu" or "leaky" (LeakyReLU, slope 0.1)."""
+
+    def __init__(self, num_classes: int = 10, act: str = "relu", widths=(16, 32, 64)):
+        super().__init__()
+        if act not in ("relu", "leaky"):
+            raise ValueError(f"act must be 'relu' or 'leaky', not {act!r}")
+
+        def cba(cin, cout, k, s):
+            a = nn.ReLU(inplace=True) if act == "relu" else nn.LeakyReLU(0.1, inplace=True)
+            return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), a)
+
+        w1, w2, w3 = widths
+        self.stem = cba(1, w1, 3, 2)
+        self.s4 = nn.Sequential(cba(w1, w2, 3, 2), cba(w2, w2, 3, 1))
+        self.s8 = nn.Sequential(cba(w2, w3, 3, 2), cba(w3, w3, 3, 1))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.fuse = nn.Sequential(cba(w2 + w3, w2, 1, 1), cba(w2, w2, 3, 1))
+        self.head4 = nn.Conv2d(w2, 5 + num_classes, 1)
+        self.head8 = nn.Conv2d(w3, 5 + num_classes, 1)
+
+    def forward(self, x):
+        f4 = self.s4(self.stem(x))
+        f8 = self.s8(f4)
+        p4 = self.fuse(torch.cat([self.up(f8), f4], 1))
+        return self.head4(p4), self.head8(f8)
+
+
+def detector(num_classes: int = 10, act: str = "relu") -> Detector:
+    return Detector(num_classes, act)
+
+
 ARCHS = {"vgg": vgg, "resnet20": resnet20, "resnet18": resnet18}
 
 

@@ -5,6 +5,7 @@ Example:
     python -m models.train --arch vgg --pool max --dataset fmnist --epochs 12
     python -m models.train --arch resnet20 --dataset fmnist --epochs 15
     python -m models.train --arch resnet18 --dataset fmnist-dvs --epochs 5 --threads 1
+    python -m models.train --arch detector --act leaky --epochs 6 --lr 0.004 --wd 0.0005
 
 Writes ``<out>/<name>.onnx`` (opset 17, input ``input`` [N,1,28,28], or the
 [N,18,34,34] voxel grids for fmnist-dvs, with a dynamic batch axis, output ``logits`` [N,10]) and ``<out>/<name>.json`` (the recipe and the
@@ -166,7 +167,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m models.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True, choices=["vgg", "resnet20", "resnet18"])
+    p.add_argument("--arch", required=True, choices=["vgg", "resnet20", "resnet18", "detector"],
+                   help="detector: the YOLO-style detector on multi-object canvases (models/detect.py)")
+    p.add_argument("--act", default="relu", choices=["relu", "leaky"],
+                   help="detector activation: ReLU or LeakyReLU(0.1) (default relu)")
+    p.add_argument("--det-train", type=int, default=12000, help="detector: training canvases per epoch")
+    p.add_argument("--det-test", type=int, default=1000, help="detector: test canvases scored")
     p.add_argument("--dataset", default="fmnist", choices=DATASETS)
     p.add_argument("--pool", default="avg", choices=["avg", "max"],
                    help="pooling of the VGG (default avg)")
@@ -189,6 +195,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
+    if args.arch == "detector":
+        from . import detect
+        return detect.main(args)
     if args.arch != "vgg" and args.pool != "avg":
         sys.exit("--pool max only applies to --arch vgg")
 
