@@ -70,6 +70,7 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
     t = time.perf_counter()
     y = predict(sess, x, 16)
     row["eval_s"] = round(time.perf_counter() - t, 1)
+    ann, y = ann.reshape(len(ann), -1), y.reshape(len(y), -1)   # a [N, K, 1, 1] head compares as [N, K]
     row["rel_error"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
     row["agreement"] = float((y.argmax(1) == ann.argmax(1)).mean())
     row["ann_classes"] = int(len(set(ann.argmax(1).tolist())))
@@ -80,6 +81,7 @@ def measure(spec: corpus.CorpusModel, T: int, psi: int, threads: int | None) -> 
         row["avgpool_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         y, _ = _snn_logits(m, cfg, x, threads, maxpool="spikes", allow_inexact=row["converted"] == "inexact")
+        y = y.reshape(len(y), -1)
         row["rel_error_spikes"] = float(np.linalg.norm(y - ann) / np.linalg.norm(ann))
         row["agreement_spikes"] = float((y.argmax(1) == ann.argmax(1)).mean())
         row["spikes_s"] = round(time.perf_counter() - t, 1)
@@ -102,7 +104,8 @@ def _avgpool_error(m, cfg, x, threads, allow_inexact: bool) -> float:
     (``--maxpool avg``): how much of the error the MaxPools make. Relative to the spread of
     that ANN's logits around their mean (the AveragePool ANN's classifier is not re-centred)."""
     y, conv = _snn_logits(m, cfg, x, threads, maxpool="avg", allow_inexact=allow_inexact)
-    ann = corpus.run_ann(conv.canonical.model, x)
+    y = y.reshape(len(y), -1)
+    ann = corpus.run_ann(conv.canonical.model, x).reshape(len(y), -1)
     return float(np.linalg.norm(y - ann) / np.linalg.norm(ann - ann.mean(0)))
 
 

@@ -125,6 +125,9 @@ def read_snn(model: onnx.ModelProto, *, require: bool = True, require_vth: bool 
     view. require_vth: every threshold must be an initializer. Layer names must be unique; a
     node with the kernel's session-only extras (which change its sizes) is refused.
     """
+    if any(p.key == METADATA_PREFIX + "stream" for p in model.metadata_props):
+        raise ConfigError("the model is a streaming model (export-stream: one timestep per run), not an SNN; pass "
+                          "the SNN it was exported from, or step it with onnx2burst.stream.StreamSession")
     inits = {t.name: t for t in model.graph.initializer}
     neurons = []
     for index, n in enumerate(model.graph.node):
