@@ -20,6 +20,7 @@ COMMANDS = {
     "search": "onnx2burst.cli.search:command",
     "export-torch": "onnx2burst.cli.export_torch:export_torch",
     "export-nir": "onnx2burst.cli.export_nir:export_nir",
+    "export-stream": "onnx2burst.cli.export_stream:export_stream",
 }
 
 

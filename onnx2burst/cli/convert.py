@@ -24,9 +24,16 @@ from .options import (build_calibration, build_search, build_snn, calibration_op
               help="Write the weights to OUTPUT.data (automatic above 2 GB).")
 @search_options
 @click.option("--portable", is_flag=True, help="Inline BurstIF into standard ops (no custom domain in the file).")
+@click.option("--adaptive", is_flag=True,
+              help="Choose an exit rule for adaptive timesteps on the calibration data and store it in the file "
+                   "(eval --adaptive, StreamSession.run_adaptive; docs/stream.md).")
+@click.option("--exit-tol", default=0.0, show_default=True, type=click.FloatRange(0, 100),
+              help="--adaptive: points of agreement with the ANN the exits may lose against all T steps.")
+@click.option("--exit-rule", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
+              help="--adaptive: exit on the largest softmax probability, or on its gap to the second.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, portable, quiet,
-            **kw):
+            adaptive, exit_tol, exit_rule, **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
     Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
@@ -76,6 +83,12 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         else:
             result = conv.run(source, progress)
             final = result.model
+        exit_summary = None
+        if adaptive:
+            from onnx2burst.evaluation.adaptive import attach_exit_rule
+
+            exit_summary = attach_exit_rule(final, conv.canonical.model, conv.load_data(source), tol=exit_tol,
+                                            kind=exit_rule, threads=calib.threads, progress=progress)
         if portable:
             from onnx2burst.interop.portable import make_portable
 
@@ -84,6 +97,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             save_model(final, out, source=model, sources=inputs, external_data=True if external_data else None)
             st.advance()
         _summary(result, out, time.perf_counter() - t0)
+        if exit_summary is not None:
+            click.echo(f"  adaptive    : {_exit_line(*exit_summary, T=result.snn.T)}")
         if search.any:
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
@@ -92,6 +107,15 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             for k, ck in tuned.checks.items():
                 click.echo(f"  {k.upper()} check   : S {ck.before:.4g} -> {ck.measured:.4g} on the search samples "
                            f"(the per-layer tables predicted {ck.predicted:.4g})")
+
+
+def _exit_line(rule, summary, *, T: int) -> str:
+    if rule is None:
+        return summary  # why no rule applies
+    what = "largest softmax probability" if rule.kind == "confidence" else "gap of the two largest probabilities"
+    return (f"exit at the first step >= {rule.t_min} whose {what} is >= {rule.c:.6g}; on the {summary['samples']} "
+            f"calibration samples: {summary['mean_timesteps']:.2f} of {T} steps on average, agreement with the ANN "
+            f"{100 * summary['agreement']:.1f} % (all {T} steps: {100 * summary['agreement_full_T']:.1f} %)")
 
 
 def _progress(quiet: bool):

@@ -28,8 +28,16 @@ from .options import FiniteFloat, InputPath, max_memory_option, threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--other-ann", is_flag=True,
               help="Compare even when the SNN's metadata says it was converted from another model.")
+@click.option("--adaptive", is_flag=True,
+              help="Also evaluate adaptive timesteps: each sample stops at its exit step (the rule convert --adaptive "
+                   "stored, or --exit-confidence); timesteps, top-1, agreement, spikes, energy beside all T steps.")
+@click.option("--exit-confidence", type=click.FloatRange(0, 1), default=None,
+              help="Exit threshold c (implies --adaptive; overrides the stored one).")
+@click.option("--exit-min-steps", type=click.IntRange(1, 4096), default=None,
+              help="Earliest exit step (implies --adaptive; default: the stored rule's, else 1).")
 @max_memory_option
-def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory, other_ann):
+def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory, other_ann,
+            adaptive, exit_confidence, exit_min_steps):
     """Compare ANN.onnx with its SNN.onnx on DATA.
 
     Reports top-1 of both (when the data has labels), how often they agree, the mean
@@ -50,10 +58,17 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
             r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
                          limit=limit, e_ac_pj=e_ac, e_mac_pj=e_mac, progress=RichProgress(enabled=not as_json),
                          max_memory=max_memory, other_ann=other_ann)
+            ad = None
+            if adaptive or exit_confidence is not None or exit_min_steps is not None:
+                from onnx2burst.evaluation.adaptive import adaptive_evaluate
+
+                ad = adaptive_evaluate(ann, snn, data, confidence=exit_confidence, t_min=exit_min_steps,
+                                       batch_size=batch_size, threads=threads, limit=limit, e_ac_pj=e_ac,
+                                       e_mac_pj=e_mac, progress=RichProgress(enabled=not as_json))
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         raise click.ClickException(str(e)) from e
     if as_json:
-        click.echo(json.dumps(r.to_dict(), indent=2))
+        click.echo(json.dumps({**r.to_dict(), **({"adaptive": ad.to_dict()} if ad else {})}, indent=2))
         return
     from rich.console import Console
 
@@ -62,5 +77,9 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
     con = Console()
     for t in eval_tables(r):
         con.print(t)
-    for n in r.notes:
+    if ad is not None:
+        from onnx2burst.report.adaptive import adaptive_table
+
+        con.print(adaptive_table(ad))
+    for n in r.notes + (ad.notes if ad else ()):
         con.print(f"[yellow]note:[/] {n}")

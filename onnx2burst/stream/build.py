@@ -1,0 +1,287 @@
+"""The streaming form of an SNN: one timestep per run, the state carried between runs (docs/stream.md).
+
+``build_stream(snn)`` rewrites the time-folded SNN graph (docs/method.md §1) so that every
+tensor of the spiking part holds one step ``[N, ...]`` instead of ``[T*N, ...]``:
+
+- the time ``Tile`` becomes an Identity: the layers before the first neuron run on each
+  run's input (the same image at every step, or a new frame per step);
+- each BurstIF becomes its standard-op step (the Scan body of ``ops.function``, inlined
+  once) with its membrane ``u`` as a state input and output; its spike count of the step
+  is an output;
+- each lateral pool's ``CumSum`` over time becomes ``sums = sums_before + X``, a state;
+- each output's mean over T becomes a running sum (a state) divided by the number of steps
+  run (a state), so that after step ``t`` the output is the any-time prediction of the
+  first ``t`` steps, with any head moved after the mean (Softmax, ...) applied to it; the
+  step's own value (before the mean) is an output ``<name>.step``.
+
+States start at zero (``StreamSession.reset``). The description of the inputs, outputs and
+states is stored in the file's metadata under ``onnx2burst.stream``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..errors import ConfigError, GraphError
+from ..graph import GraphIndex, topological_sort
+from ..graph.index import attr
+from ..ops.function import _step_body
+from ..ops.schema import DOMAIN
+from ..rewrite.rewriter import LATERAL_TAG
+from ..snn import METADATA_PREFIX, read_snn
+
+__all__ = ["build_stream", "stream_info", "STREAM_KEY", "STEPS_STATE"]
+
+STREAM_KEY = METADATA_PREFIX + "stream"
+STEPS_STATE = "steps"
+#: the step body's inputs this export knows, and what feeds each (docs/method.md §2)
+#: the BurstIF attributes whose step this export builds (docs/method.md §2)
+_ATTRIBUTES = ("T", "psi", "tau")
+_BODY_INPUTS = {"u_in", "spk_in", "theta_in", "offset_in", "psi_in", "fires_in", "x_t"}
+
+
+def _consts(idx: GraphIndex, name: str):
+    v = idx.const(name)
+    return None if v is None else np.asarray(v)
+
+
+def _time_tiles(idx: GraphIndex, T: int) -> list[onnx.NodeProto]:
+    tiles = []
+    for node in idx.graph.node:
+        if node.op_type != "Tile" or node.domain not in ("", "ai.onnx"):
+            continue
+        reps = _consts(idx, node.input[1])
+        if reps is not None and reps.size >= 1 and int(reps[0]) == T and np.all(reps[1:] == 1):
+            tiles.append(node)
+    return tiles
+
+
+def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: list) -> str:
+    """Replace a BurstIF node by its one-step form; returns the name of its spikes output."""
+    n = neuron.node
+    extra = sorted({a.name for a in n.attribute} - set(_ATTRIBUTES))
+    alpha = [a for a in n.attribute if a.name == "alpha"]
+    if alpha and not np.any(np.asarray(helper.get_attribute_value(alpha[0]), np.float64) != 0):
+        extra.remove("alpha")  # a slope of 0 everywhere: the plain neuron, the same bits
+    if extra:
+        raise GraphError(f"BurstIF {neuron.name}: attribute(s) {', '.join(extra)} are not supported by the "
+                         "streaming export")
+    if neuron.vth is None:
+        raise GraphError(f"BurstIF {neuron.name}: its threshold {neuron.vth_name!r} is not an initializer; "
+                         "the streaming export needs it constant")
+    body = _step_body()
+    unknown = sorted({i.name for i in body.input} - _BODY_INPUTS)
+    if unknown:
+        raise GraphError(f"BurstIF {neuron.name}: the neuron's step has inputs {unknown} that the streaming "
+                         "export does not know")
+    f = lambda s: idx.fresh(f"{neuron.name}/{s}")  # noqa: E731
+    theta = neuron.theta.reshape(1, -1, 1)                     # tau * vth as the kernel forms it
+    fires = theta > 0
+    theta = np.where(fires, theta, np.float32(1)).astype(np.float32)
+    offset = (theta / np.float32(2 * T)).astype(np.float32)    # theta / (2T), the batch SNN's offset
+    x3, y3, shape = f("x_step"), f("y_step"), f("shape")
+    u_in, u_out = f("u"), f("u.next")
+    spikes = neuron.spikes or f("spikes")
+    names = {
+        "u_in": u_in, "x_t": x3, "u_out": u_out, "y_t": y3, "spk_out": spikes,
+        "spk_in": idx.set_const(f("no_spikes"), np.zeros(1, np.float32)),
+        "theta_in": idx.set_const(f("theta"), theta),
+        "offset_in": idx.set_const(f("offset"), offset),
+        "psi_in": idx.set_const(f("psi"), np.array(float(neuron.psi), np.float32)),
+        "fires_in": idx.set_const(f("fires"), fires),
+    }
+    flat = idx.set_const(f("as_NCK"), np.array([0, 0, -1], np.int64))
+    new_nodes += [helper.make_node("Shape", [neuron.x], [shape], name=f("shape_of")),
+                  helper.make_node("Reshape", [neuron.x, flat], [x3], name=f("to_NCK"))]
+    kept_outputs = {"u_out", "y_t", "spk_out"}
+    for b in body.node:
+        if all(o.endswith("_out") and o not in kept_outputs for o in b.output):
+            continue  # the pass-through states
+        node = onnx.NodeProto()
+        node.CopyFrom(b)
+        for k, i in enumerate(node.input):
+            names.setdefault(i, f(i))
+            node.input[k] = names[i]
+        for k, o in enumerate(node.output):
+            names.setdefault(o, f(o))
+            node.output[k] = names[o]
+        node.name = f(b.name or b.output[0])
+        new_nodes.append(node)
+    new_nodes.append(helper.make_node("Reshape", [y3, shape], [neuron.y], name=neuron.name))
+    states.append({"kind": "membrane", "layer": neuron.name, "in": u_in, "out": u_out, "of": neuron.x,
+                   "view": "NCK"})
+    return spikes
+
+
+def _lateral_sums(idx: GraphIndex, cumsum: onnx.NodeProto, new_nodes: list, states: list, removed: list) -> None:
+    """``Reshape(X, [T, -1]) -> CumSum(axis 0) -> Reshape(shape of X)`` becomes ``S_before + X``."""
+    if not cumsum.doc_string.startswith(LATERAL_TAG):
+        raise GraphError(f"CumSum {cumsum.name!r} sums over the time-folded batch and is not a lateral pool; "
+                         "the streaming export cannot carry it")
+    pool = cumsum.doc_string[len(LATERAL_TAG):]
+    unfold = idx.producer.get(cumsum.input[0])
+    folds = idx.consumers.get(cumsum.output[0], [])
+    if unfold is None or unfold.op_type != "Reshape" or len(folds) != 1 or folds[0].op_type != "Reshape":
+        raise GraphError(f"lateral pool {pool!r}: its running sum is not in the form the converter writes")
+    x, sums = unfold.input[0], folds[0].output[0]
+    s_in = idx.fresh(f"{pool}/sums")
+    s_out = idx.fresh(f"{pool}/sums.next")
+    new_nodes += [helper.make_node("Add", [s_in, x], [sums], name=idx.fresh(f"{pool}/sum_so_far")),
+                  helper.make_node("Identity", [sums], [s_out], name=idx.fresh(f"{pool}/keep_sums"))]
+    removed += [cumsum, folds[0]]
+    states.append({"kind": "running_sum", "layer": pool, "in": s_in, "out": s_out, "of": x, "view": "same"})
+
+
+def _output_mean(idx: GraphIndex, out: str, T: int, new_nodes: list, states: list, removed: list,
+                 steps: tuple[str, str]) -> dict:
+    """The ReduceMean over T behind output ``out`` becomes a running sum over the steps run."""
+    mean = None
+    for node in idx.graph.node:
+        if node.op_type != "ReduceMean":
+            continue
+        unfold = idx.producer.get(node.input[0])
+        if unfold is None or unfold.op_type != "Reshape":
+            continue
+        shape = idx.producer.get(unfold.input[1])
+        head = _consts(idx, shape.input[0]) if shape is not None and shape.op_type == "Concat" else None
+        axes = attr(node, "axes", None)
+        if axes is None and len(node.input) > 1:
+            axes = _consts(idx, node.input[1])
+        if head is not None and list(head.reshape(-1)) == [T, -1] and axes is not None and list(axes) == [0] \
+                and _reaches(idx, node.output[0], out):
+            mean = node
+            break
+    if mean is None:
+        raise GraphError(f"output {out!r}: no mean over T found behind it; the streaming export needs an SNN "
+                         "made by `onnx2burst convert`")
+    src = idx.producer[mean.input[0]].input[0]
+    base = out
+    s_in, s_out, step_out = idx.fresh(f"{base}/sum"), idx.fresh(f"{base}/sum.next"), f"{base}.step"
+    if step_out in idx.names:
+        step_out = idx.fresh(step_out)
+    new_nodes += [helper.make_node("Add", [s_in, src], [s_out], name=idx.fresh(f"{base}/sum_so_far")),
+                  helper.make_node("Div", [s_out, steps[1]], [mean.output[0]], name=mean.name or idx.fresh(base)),
+                  helper.make_node("Identity", [src], [step_out], name=idx.fresh(f"{base}/this_step"))]
+    removed.append(mean)
+    states.append({"kind": "output_sum", "layer": out, "in": s_in, "out": s_out, "of": src, "view": "same"})
+    return {"name": out, "step": step_out, "head": _head(idx, mean.output[0], out)}
+
+
+def _reaches(idx: GraphIndex, src: str, dst: str) -> bool:
+    seen, todo = set(), [src]
+    while todo:
+        t = todo.pop()
+        if t == dst:
+            return True
+        if t in seen:
+            continue
+        seen.add(t)
+        for c in idx.consumers.get(t, []):
+            todo.extend(o for o in c.output if o)
+    return False
+
+
+def _head(idx: GraphIndex, mean: str, out: str) -> str | None:
+    """The op type of the head (Softmax, LogSoftmax, ArgMax) moved after the mean, if any."""
+    if mean == out:
+        return None
+    node = idx.producer.get(out)
+    return node.op_type if node is not None else None
+
+
+def _per_sample_divisions(idx: GraphIndex, T: int) -> None:
+    """A head's shape read off a time-folded tensor is divided by T (rows -> samples); each
+    step has N rows already, so the division becomes one by 1."""
+    for node in idx.graph.node:
+        if node.op_type != "Div":
+            continue
+        c = _consts(idx, node.input[1])
+        p = idx.producer.get(node.input[0])
+        if c is not None and c.dtype == np.int64 and c.reshape(-1).tolist() == [T] and p is not None \
+                and p.op_type == "Slice":
+            node.input[1] = idx.set_const(idx.fresh(node.input[1] + "_one_step"), np.array([1], np.int64))
+
+
+def build_stream(snn: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """The streaming model of ``snn`` and its description (also stored in its metadata).
+
+    Raises ``GraphError``/``ConfigError`` naming the node for anything that is not an SNN
+    ``onnx2burst convert`` writes (BurstIF attributes unknown here, a CumSum that is not a
+    lateral pool, an output without its mean over T) and for a streaming file.
+    """
+    if any(p.key == STREAM_KEY for p in snn.metadata_props):
+        raise GraphError("the model is a streaming model already (made by export-stream); pass the SNN "
+                         "`onnx2burst convert` wrote")
+    m = copy.deepcopy(snn)
+    view = read_snn(m, require_vth=True)
+    T = view.T
+    odd = [n.name for n in view.neurons if n.T != T]
+    if odd:
+        raise GraphError(f"BurstIF {odd[0]}: T={view.neuron(odd[0]).T}, the SNN's T is {T}")
+    g = m.graph
+    idx = GraphIndex(g)
+    states: list[dict] = []
+    new_nodes: list[onnx.NodeProto] = []
+    removed: list[onnx.NodeProto] = []
+    per_t = set(json.loads(view.metadata.get("outputs", "{}") or "{}").get("per_timestep", []))
+
+    for tile in _time_tiles(idx, T):
+        tile.op_type = "Identity"
+        del tile.input[1:]
+    steps = (STEPS_STATE, idx.fresh(STEPS_STATE + ".next"))
+    idx.names.add(STEPS_STATE)
+    one = idx.set_const(idx.fresh("one_step"), np.array(1.0, np.float32))
+    new_nodes.append(helper.make_node("Add", [steps[0], one], [steps[1]], name=idx.fresh("count_steps")))
+
+    spikes = []
+    for neuron in view.neurons:
+        spikes.append({"layer": neuron.name, "name": _inline_neuron(idx, neuron, T, new_nodes, states)})
+    removed += [n.node for n in view.neurons]
+    for node in list(g.node):
+        if node.op_type == "CumSum":
+            _lateral_sums(idx, node, new_nodes, states, removed)
+    outputs = []
+    for out in [o.name for o in g.output if o.name not in per_t]:
+        outputs.append(_output_mean(idx, out, T, new_nodes, states, removed, steps))
+    _per_sample_divisions(idx, T)
+    idx.remove_nodes(removed)
+    g.node.extend(new_nodes)
+
+    inputs = [i for i in view.inputs]
+    del g.output[:]
+    vi = helper.make_tensor_value_info
+    for o in outputs:
+        g.output.extend([vi(o["name"], TensorProto.FLOAT, None), vi(o["step"], TensorProto.FLOAT, None)])
+    g.output.extend(vi(s["name"], TensorProto.FLOAT, None) for s in spikes)
+    states.append({"kind": "steps", "layer": "", "in": steps[0], "out": steps[1], "of": "", "view": "scalar"})
+    for s in states:
+        g.input.append(vi(s["in"], TensorProto.FLOAT, None))
+        g.output.append(vi(s["out"], TensorProto.FLOAT, None))
+    del g.value_info[:]
+    idx.rebuild()
+    topological_sort(g)
+    GraphIndex(g).prune()
+    left = [n.name or n.op_type for n in g.node if n.domain == DOMAIN or n.op_type == "CumSum"]
+    if left:
+        raise GraphError(f"node {left[0]!r} still runs over time in the streaming model")
+    del m.functions[:]
+    keep = [o for o in m.opset_import if o.domain != DOMAIN]
+    del m.opset_import[:]
+    m.opset_import.extend(keep)
+    info = {"T": T, "inputs": inputs, "outputs": outputs, "spikes": spikes, "states": states}
+    return m, info
+
+
+def stream_info(model: onnx.ModelProto) -> dict | None:
+    """The streaming description of ``model`` (None: not a streaming model)."""
+    for p in model.metadata_props:
+        if p.key == STREAM_KEY:
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                raise ConfigError(f"the metadata {STREAM_KEY} is not valid JSON") from None
+    return None

@@ -1,0 +1,228 @@
+"""``StreamSession``: run a streaming model one timestep per call, and stop each sample early.
+
+::
+
+    from onnx2burst.stream import StreamSession
+    s = StreamSession("vgg.stream.onnx")
+    s.reset(batch_size=1)
+    for frame in frames:                      # a static image: the same x at every step
+        y_t = s.step({"input": frame})        # this step's outputs, in the SNN's output order
+    anytime = s.prediction()                  # the mean of the steps so far (head applied)
+
+    run = s.run_adaptive({"input": x})        # steps until every sample has exited
+    run.outputs, run.exit_steps, run.spikes
+
+docs/stream.md describes the model and the exit rule.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import ConfigError, onnxruntime_errors
+from .rule import ExitRule, confidence
+
+__all__ = ["StreamSession", "StreamState", "AdaptiveRun"]
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """The carried state of a ``StreamSession`` (``get_state``/``set_state``): the arrays by
+    state input name, the number of steps run, and the id of the model they belong to."""
+
+    model_id: str
+    steps: int
+    arrays: dict
+
+
+@dataclass(frozen=True)
+class AdaptiveRun:
+    """What ``run_adaptive`` returns, per sample: the any-time outputs at its exit step (in the
+    SNN's output order), the step it exited after (1..max steps), and its spikes per layer
+    over the steps it ran (``[layers, N]``, layer order of ``StreamSession.layers``)."""
+
+    outputs: list
+    exit_steps: np.ndarray
+    spikes: np.ndarray
+
+
+class StreamSession:
+    """An onnxruntime session of a streaming model (``onnx2burst export-stream``) and its state.
+
+    model: a path or ModelProto. kernel/threads: as ``ops.make_session`` (the streaming model
+    holds standard ops only; it runs on a stock onnxruntime).
+    """
+
+    def __init__(self, model, *, threads: int | None = None, kernel: bool | None = False):
+        from ..io import load_model
+        from ..ops import make_session
+        from .build import stream_info
+
+        what = "the model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
+        m = model if isinstance(model, onnx.ModelProto) else load_model(model)
+        info = stream_info(m)
+        if info is None:
+            raise ConfigError(f"{what} is not a streaming model: make one with `onnx2burst export-stream SNN.onnx "
+                              "-o STREAM.onnx`")
+        self.info = info
+        self.model = m
+        self.T = int(info["T"])
+        self.inputs = list(info["inputs"])
+        self.output_names = [o["name"] for o in info["outputs"]]
+        self.heads = [o.get("head") for o in info["outputs"]]
+        self.layers = [s["layer"] for s in info["spikes"]]
+        self.id = info.get("id", "")
+        meta = {p.key: p.value for p in m.metadata_props}
+        self.rule = ExitRule.from_metadata(meta)
+        self._states = info["states"]
+        self._fetch = ([o["step"] for o in info["outputs"]] + self.output_names + [s["name"] for s in info["spikes"]]
+                       + [s["out"] for s in self._states])
+        with onnxruntime_errors(f"the streaming model {what}"):
+            self._sess = make_session(m, kernel=kernel, threads=threads, layout="plain")
+        self._state: dict | None = None
+        self._batch = 0
+        self._steps = 0
+        self._pred: list | None = None
+        self._spikes: list | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def steps(self) -> int:
+        """Steps run since the last ``reset``."""
+        return self._steps
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch
+
+    def state_shapes(self, batch_size: int) -> dict[str, tuple]:
+        """Shape of each state input at ``batch_size``."""
+        return {s["in"]: tuple(s["shape"]) if s["kind"] == "steps" else (batch_size, *s["shape"])
+                for s in self._states}
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Zero every state for a batch of ``batch_size`` samples (before the first step)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"reset: batch_size must be an integer >= 1, got {batch_size!r}")
+        self._batch = int(batch_size)
+        self._state = {k: np.zeros(v, np.float32) for k, v in self.state_shapes(self._batch).items()}
+        self._steps = 0
+        self._pred = None
+        self._spikes = None
+
+    def get_state(self) -> StreamState:
+        """A copy of the carried state (to resume later with ``set_state``)."""
+        self._require_reset("get_state")
+        return StreamState(self.id, self._steps, {k: v.copy() for k, v in self._state.items()})
+
+    def set_state(self, state: StreamState) -> None:
+        """Resume from a state ``get_state`` returned, for this model; checked by name and shape."""
+        if not isinstance(state, StreamState):
+            raise ConfigError(f"set_state needs a StreamState from get_state(), got {type(state).__name__}")
+        if state.model_id != self.id:
+            raise ConfigError(f"the state belongs to another streaming model (id {state.model_id}), not to this one "
+                              f"(id {self.id})")
+        want = set(self.state_shapes(1))
+        if set(state.arrays) != want:
+            raise ConfigError(f"the state's tensors {sorted(state.arrays)} are not this model's {sorted(want)}")
+        first = next(s for s in self._states if s["kind"] != "steps")
+        batch = np.shape(state.arrays[first["in"]])[0] if np.ndim(state.arrays[first["in"]]) else 0
+        shapes = self.state_shapes(batch)
+        for k, v in state.arrays.items():
+            if tuple(np.shape(v)) != shapes[k]:
+                raise ConfigError(f"state {k!r} has shape {list(np.shape(v))}, this model needs {list(shapes[k])} "
+                                  f"(batch {batch})")
+        self._state = {k: np.asarray(v, np.float32).copy() for k, v in state.arrays.items()}
+        self._batch, self._steps = int(batch), int(state.steps)
+        self._pred = None
+        self._spikes = None
+
+    def _require_reset(self, what: str) -> None:
+        if self._state is None:
+            raise ConfigError(f"{what} before reset(): call reset(batch_size) first")
+
+    # ------------------------------------------------------------------ stepping
+    def _check_feeds(self, feeds) -> dict:
+        if not isinstance(feeds, dict):
+            raise ConfigError(f"step needs a dict of inputs {self.inputs}, got {type(feeds).__name__}")
+        missing = [k for k in self.inputs if k not in feeds]
+        extra = [k for k in feeds if k not in self.inputs]
+        if missing or extra:
+            raise ConfigError(f"step: the model's inputs are {self.inputs}; missing {missing}, unknown {extra}")
+        out = {}
+        for k in self.inputs:
+            v = np.asarray(feeds[k], np.float32)
+            if v.ndim == 0 or v.shape[0] != self._batch:
+                raise ConfigError(f"step: input {k!r} has shape {list(v.shape)}; reset was for batch {self._batch}")
+            out[k] = v
+        return out
+
+    def step(self, feeds: dict) -> list[np.ndarray]:
+        """Run one timestep on ``feeds`` (each model input at the reset's batch size); returns this
+        step's outputs in the SNN's output order (their mean over the steps so far is the
+        any-time prediction, ``prediction()``)."""
+        self._require_reset("step")
+        feeds = self._check_feeds(feeds)
+        feeds.update(self._state)
+        with onnxruntime_errors("the streaming model"):
+            res = self._sess.run(self._fetch, feeds)
+        k = len(self.output_names)
+        step, self._pred = res[:k], res[k:2 * k]
+        self._spikes = res[2 * k:2 * k + len(self.layers)]
+        self._state = dict(zip((s["in"] for s in self._states), res[2 * k + len(self.layers):]))
+        self._steps += 1
+        return step
+
+    def prediction(self) -> list[np.ndarray]:
+        """The any-time outputs after the last step: the mean of the steps run, with the SNN's
+        head (Softmax, ...) applied; after T steps, the batch SNN's outputs bit for bit."""
+        if self._pred is None:
+            raise ConfigError("prediction() before the first step")
+        return list(self._pred)
+
+    def step_spikes(self) -> np.ndarray:
+        """Spikes of the last step, ``[layers, N]``."""
+        if self._spikes is None:
+            raise ConfigError("step_spikes() before the first step")
+        return np.stack([np.asarray(s, np.float64).reshape(-1) for s in self._spikes])
+
+    # ------------------------------------------------------------------ adaptive
+    def run_adaptive(self, feeds: dict, *, rule: ExitRule | None = None, max_steps: int | None = None) -> AdaptiveRun:
+        """Step ``feeds`` (the same input at every step) until every sample has exited by ``rule``
+        (default: the one stored by ``convert --adaptive``) or ``max_steps`` (default T) were run.
+        A sample that exits leaves the batch; the others go on."""
+        rule = rule or self.rule
+        if rule is None:
+            raise ConfigError("no exit rule: the SNN was converted without --adaptive; pass rule=ExitRule(...)")
+        if self.heads[0] == "ArgMax" or len(self.output_names) != 1:
+            raise ConfigError("adaptive timesteps need one output of class scores; this model has "
+                              f"{self.output_names} (head {self.heads[0]}): no exit rule applies")
+        feeds = {k: np.asarray(v, np.float32) for k, v in feeds.items()}
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        self.reset(n)
+        self._check_feeds(feeds)
+        limit = int(max_steps or self.T)
+        active = np.arange(n)
+        exits = np.zeros(n, np.int64)
+        spikes = np.zeros((len(self.layers), n))
+        outs: list | None = None
+        while len(active):
+            self.step({k: v[active] for k, v in feeds.items()})
+            spikes[:, active] += self.step_spikes()
+            pred = self.prediction()
+            if outs is None:
+                outs = [np.zeros((n,) + p.shape[1:], p.dtype) for p in pred]
+            done = rule.exits(confidence(pred[0], self.heads[0]), self._steps) | (self._steps >= limit)
+            if done.any():
+                for o, p in zip(outs, pred):
+                    o[active[done]] = p[done]
+                exits[active[done]] = self._steps
+                keep = ~done
+                active = active[keep]
+                if len(active):
+                    self._state = {k: (v if v.ndim == 0 else v[keep]) for k, v in self._state.items()}
+                    self._batch = len(active)
+        return AdaptiveRun(outs or [], exits, spikes)

@@ -1,0 +1,192 @@
+"""The streaming form of an SNN (docs/stream.md): T steps of the streaming model against the
+batch SNN bit for bit (the C++ kernel and the standard-op fallback), with lateral pooling,
+residual blocks and heads; run_adaptive against the exits read off one full run; bad input."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnx2burst
+from onnx2burst import ops
+from onnx2burst.errors import ConfigError, GraphError
+from onnx2burst.evaluation.energy import with_spike_outputs
+from onnx2burst.stream import ExitRule, StreamSession, export_stream
+from onnx2burst.stream.rule import exit_steps, scores
+from tests import fixtures_models as fm
+
+KERNEL = [pytest.param(True, marks=pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")), False]
+
+
+def _global_maxpool(seed: int = 0) -> onnx.ModelProto:
+    """x[N,1,8,8] -> Conv -> Relu -> GlobalMaxPool -> Flatten -> Gemm -> LogSoftmax."""
+    from onnx import helper
+    r = np.random.default_rng(seed)
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             n("Relu", ["c0"], ["r0"], name="relu0"), n("GlobalMaxPool", ["r0"], ["p"], name="gmp"),
+             n("Flatten", ["p"], ["f"], name="flat"), n("Gemm", ["f", "wf", "bf"], ["z"], name="fc", transB=1),
+             n("LogSoftmax", ["z"], ["y"], name="lsm", axis=1)]
+    inits = {"w0": (r.normal(size=(3, 1, 3, 3)) * 0.5).astype(np.float32), "b0": np.full(3, 0.05, np.float32),
+             "wf": r.normal(size=(4, 3)).astype(np.float32), "bf": np.zeros(4, np.float32)}
+    return fm._model(nodes, inits, ["N", 1, 8, 8], ["N", 4])
+
+
+MODELS = {
+    "residual": lambda: fm.residual(),
+    "lateral_maxpool_softmax": lambda: fm.maxpool_net(softmax=True),
+    "lateral_global_maxpool_logsoftmax": _global_maxpool,
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def converted(request):
+    ann = MODELS[request.param]()
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=5, psi=2, maxpool="lateral")
+    return request.param, ann, snn, export_stream(snn)
+
+
+def _steps(stream, x, T):
+    s = StreamSession(stream)
+    s.reset(len(x))
+    outs = [s.step({"x": x})[0] for _ in range(T)]
+    return s, outs
+
+
+@pytest.mark.parametrize("kernel", KERNEL)
+def test_T_steps_equal_the_batch_snn_bit_for_bit(converted, kernel):
+    name, _, snn, stream = converted
+    T = 5
+    x = fm.inputs(snn, 7, seed=11)
+    run, spike_names = with_spike_outputs(snn)
+    want = ops.make_session(run, kernel=kernel).run(None, {"x": x})
+    s, steps = _steps(stream, x, T)
+    got = s.prediction()[0]
+    assert got.dtype == want[0].dtype and got.shape == want[0].shape
+    assert np.array_equal(got, want[0]), f"{name}: largest difference {np.abs(got - want[0]).max()}"
+    assert not np.array_equal(steps[0], steps[-1])  # the steps differ; only their mean is the output
+    if name == "residual":  # no head: the mean of the step outputs, summed in order, is the output
+        acc = steps[0].copy()
+        for y in steps[1:]:
+            acc += y
+        assert np.array_equal(acc / np.float32(T), want[0])
+    # spikes: the steps' counts add up to the batch SNN's
+    s2 = StreamSession(stream)
+    s2.reset(len(x))
+    total = 0
+    for _ in range(T):
+        s2.step({"x": x})
+        total = total + s2.step_spikes()
+    assert np.array_equal(total, np.stack([w.astype(np.float64) for w in want[1:1 + len(spike_names)]]))
+
+
+def test_stream_holds_standard_ops_only_and_checks(converted):
+    _, _, snn, stream = converted
+    onnx.checker.check_model(stream, full_check=True)
+    assert not any(n.domain for n in stream.graph.node)
+    assert not stream.functions
+    import onnxruntime as ort  # a stock session, no library registered
+    sess = ort.InferenceSession(stream.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert {i.name for i in sess.get_inputs()} >= {"x", "steps"}
+
+
+def test_per_timestep_output_equals_the_step_outputs():
+    ann = fm.residual()
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=4, psi=2, per_timestep_output=True)
+    x = fm.inputs(ann, 3, seed=2)
+    per_t = ops.make_session(snn, kernel=False).run(["y_per_timestep"], {"x": x})[0]
+    _, steps = _steps(export_stream(snn), x, 4)
+    assert np.array_equal(np.stack(steps), per_t)
+
+
+def test_run_adaptive_matches_the_exits_of_one_full_run(converted):
+    name, _, snn, stream = converted
+    x = fm.inputs(snn, 12, seed=5)
+    s, _ = _steps(stream, x, 1)
+    T = s.T
+    s.reset(len(x))
+    preds = []
+    for _ in range(T):
+        s.step({"x": x})
+        preds.append(s.prediction()[0])
+    preds = np.stack(preds)
+    sc = np.stack([scores(p, s.heads[0]) for p in preds])
+    c = float(np.quantile(sc[1], 0.5))  # about half exit at step 2
+    rule = ExitRule(c, t_min=2)
+    want = exit_steps(sc, c, 2)
+    assert 2 <= want.min() and want.max() <= T and len(set(want.tolist())) > 1
+    run = s.run_adaptive({"x": x}, rule=rule)
+    assert np.array_equal(run.exit_steps, want)
+    assert np.array_equal(run.outputs[0], preds[want - 1, np.arange(len(x))])
+    one = s.run_adaptive({"x": x[3:4]}, rule=rule)  # batch 1 agrees with the batch
+    assert one.exit_steps[0] == want[3] and np.array_equal(one.spikes[:, 0], run.spikes[:, 3])
+
+
+def test_states_resume_and_bad_states_are_refused(converted):
+    _, _, snn, stream = converted
+    x = fm.inputs(snn, 2, seed=1)
+    s = StreamSession(stream)
+    with pytest.raises(ConfigError, match="before reset"):
+        s.step({"x": x})
+    s.reset(2)
+    s.step({"x": x})
+    saved = s.get_state()
+    a = s.step({"x": x})[0]
+    s.set_state(saved)
+    assert np.array_equal(s.step({"x": x})[0], a)
+    bad = {k: (v[:1] if v.ndim else v) for k, v in saved.arrays.items()}
+    key = next(k for k, v in saved.arrays.items() if v.ndim)
+    bad[key] = np.zeros((2, 3), np.float32)
+    with pytest.raises(ConfigError, match=r"has shape \[2, 3\], this model needs"):
+        s.set_state(type(saved)(saved.model_id, 1, bad))
+    with pytest.raises(ConfigError, match="another streaming model"):
+        s.set_state(type(saved)("0123456789abcdef", 1, saved.arrays))
+    with pytest.raises(ConfigError, match="reset was for batch 2"):
+        s.step({"x": x[:1]})
+    with pytest.raises(ConfigError, match="inputs are"):
+        s.step({"input": x})
+
+
+def test_state_of_another_model_is_refused():
+    a = export_stream(onnx2burst.convert(fm.residual(), fm.inputs(fm.residual(), 16), T=3, psi=2))
+    b = export_stream(onnx2burst.convert(fm.maxpool_net(), fm.inputs(fm.maxpool_net(), 16), T=3, psi=2))
+    sa, sb = StreamSession(a), StreamSession(b)
+    sa.reset(1)
+    sb.reset(1)
+    with pytest.raises(ConfigError, match="another streaming model"):
+        sb.set_state(sa.get_state())
+
+
+def test_what_is_not_an_snn_is_refused(converted):
+    _, ann, snn, stream = converted
+    with pytest.raises(ConfigError, match="no BurstIF"):
+        export_stream(ann)
+    with pytest.raises(GraphError, match="streaming model already"):
+        export_stream(stream)
+    with pytest.raises(ConfigError, match="not a streaming model"):
+        StreamSession(snn)
+    odd = onnx.ModelProto()
+    odd.CopyFrom(snn)
+    node = next(n for n in odd.graph.node if n.op_type == "BurstIF")
+    node.attribute.append(onnx.helper.make_attribute("gain", 2.0))
+    with pytest.raises(ConfigError, match="gain"):
+        export_stream(odd)
+
+
+def test_signed_neurons_are_refused_by_name(converted):
+    """A neuron with a negative slope (attribute alpha > 0) has no streaming step here yet; a slope of
+    0 everywhere is the plain neuron and streams."""
+    _, _, snn, _ = converted
+    for value, ok in (([0.0], True), ([0.25], False)):
+        m = onnx.ModelProto()
+        m.CopyFrom(snn)
+        node = next(n for n in m.graph.node if n.op_type == "BurstIF")
+        node.attribute.append(onnx.helper.make_attribute("alpha", value))
+        if ok:  # streams where SNN files may carry alpha; otherwise read_snn names it
+            try:
+                export_stream(m, check=False)
+            except ConfigError as e:
+                assert "alpha" in str(e)
+            continue
+        with pytest.raises((GraphError, ConfigError), match="alpha"):
+            export_stream(m)
