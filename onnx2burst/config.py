@@ -296,7 +296,10 @@ class SearchConfig:
     ``"synops"``. samples: the first this many calibration samples measure the tables.
     batch_size: samples per onnxruntime run of the search (None: 32; the sensitivity's mean
     correction is per batch, so it is part of the result). kernel: use the C++ kernel (None:
-    when built). guard: SSC's decision guard, or None.
+    when built). guard: SSC's decision guard, or None. workers: run the tables' cells as Ray
+    tasks on a local Ray instance of this many CPUs (0: in this process); ray_address: join
+    the Ray cluster there instead. prune: skip the table cells no choice within the budget
+    can hold (exact; False measures every cell, for complete tables).
     """
 
     bsr: bool = False
@@ -313,6 +316,9 @@ class SearchConfig:
     batch_size: int | None = None
     kernel: bool | None = None
     guard: GuardConfig | None = None
+    workers: int = 0
+    ray_address: str | None = None
+    prune: bool = True
 
     #: the search's batch size when none is given (measured fastest per sample for the tails)
     DEFAULT_BATCH = 32
@@ -348,6 +354,14 @@ class SearchConfig:
             raise ConfigError(f"guard must be a GuardConfig, got {type(self.guard).__name__}")
         if self.guard is not None and not self.ssc:
             raise ConfigError("--guard-data guards SSC's choice: give --ssc too")
+        _check_int("--workers", self.workers, 0)
+        if self.workers > 4096:
+            raise ConfigError(f"--workers must be at most 4096, got {self.workers}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError(f"--ray-address must be a cluster address (host:port or ray://host:port), "
+                              f"got {self.ray_address!r}")
+        if self.ray_address and self.workers:
+            raise ConfigError("give one of --workers (a local Ray instance) and --ray-address (a running cluster)")
 
     @property
     def search_batch(self) -> int:

@@ -233,6 +233,11 @@ search_options = _compose(
                  help="--guard-mode model: rebuilds at most while backing off."),
     click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
                  help="--guard-mode layer: flag a layer whose loss of agreement exceeds this many standard errors."),
+    click.option("--workers", type=click.IntRange(0, 4096), default=0, show_default=True, metavar="N",
+                 help="Run the sensitivity tables' cells as Ray tasks on a local Ray instance of N CPUs (needs "
+                      "pip install 'onnx2burst[ray]'; 0: in this process). Same choices."),
+    click.option("--ray-address", "ray_address", default=None, metavar="ADDR",
+                 help="Run them on the Ray cluster at ADDR (e.g. 10.0.0.1:6379) instead."),
 )
 
 
@@ -251,7 +256,8 @@ def build_search(kw: dict, *, default_both: bool = False):
                         energy_ratio=kw.pop("energy_ratio"), tau_grid=kw.pop("tau_grid"), r=kw.pop("r"),
                         ssc_z=kw.pop("ssc_z"), ssc_folds=kw.pop("ssc_folds"), energy=kw.pop("energy"),
                         samples=kw.pop("search_samples"), batch_size=kw.get("batch_size"),
-                        guard=None if guard_data is None else GuardConfig(data=guard_data, **guard))
+                        guard=None if guard_data is None else GuardConfig(data=guard_data, **guard),
+                        workers=kw.pop("workers"), ray_address=kw.pop("ray_address"))
 
 
 def read_guard_early(search, conv):

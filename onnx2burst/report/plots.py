@@ -65,7 +65,9 @@ def plot_sensitivity(tables: Sequence, path: str | os.PathLike, title: str = "")
         floor = _positive_floor(t.S.tolist())
         L = len(t.layers)
         for i, name in enumerate(short_names(t.layers)):
-            ax.plot(list(t.candidates), [max(v, floor) for v in t.S[i]], marker="o", ms=3, lw=1.2,
+            # a candidate the search pruned (inf) was never measured to the end: no point
+            ax.plot(list(t.candidates), [max(v, floor) if v < float("inf") else float("nan") for v in t.S[i]],
+                    marker="o", ms=3, lw=1.2,
                     color=cmap(i / max(L - 1, 1)), label=name)
         ax.set_yscale("log")
         if t.kind == "psi":

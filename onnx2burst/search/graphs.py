@@ -25,7 +25,7 @@ from .. import ops
 from ..errors import ConfigError
 from ..snn import read_snn
 
-__all__ = ["SearchGraphs", "search_session", "mean_corrected"]
+__all__ = ["SearchGraphs", "search_session", "channel_mean", "mean_corrected"]
 
 
 def search_session(model: onnx.ModelProto, threads, kernel, arena: bool = True):
@@ -88,9 +88,18 @@ class SearchGraphs:
                 self.base_outputs.append(t)
                 if t not in have:
                     base.graph.output.append(helper.make_empty_tensor_value_info(t))
-        self.base = search_session(base, threads, kernel)
+        self.base_model = base
+        self._base = None
         self._tails: dict[int, object] = {}
         self._cells: dict[tuple[int, int, int], object] = {}
+
+    @property
+    def base(self):
+        """The baseline session (built on first use: a worker that runs only cells and tails
+        never builds it)."""
+        if self._base is None:
+            self._base = search_session(self.base_model, self.threads, self.kernel)
+        return self._base
 
     def run_base(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One baseline run: every exposed tensor (and the inputs) by name."""
@@ -134,11 +143,16 @@ class SearchGraphs:
         return s
 
 
-def mean_corrected(y: np.ndarray, base: np.ndarray, target: np.ndarray | None = None) -> np.ndarray:
+def channel_mean(y: np.ndarray) -> np.ndarray:
+    """Per channel (axis 1), the float64 mean over every other axis (keepdims)."""
+    return y.mean(axis=tuple(a for a in range(y.ndim) if a != 1), keepdims=True, dtype=np.float64)
+
+
+def mean_corrected(y: np.ndarray, base: np.ndarray, target: np.ndarray | None = None, *,
+                   base_mean: np.ndarray | None = None) -> np.ndarray:
     """``target`` (default ``y``) minus, per channel (axis 1), the difference of ``y``'s and
     ``base``'s means over every other axis: the step of §5 bias calibration. Applied to ``y``
     it gives the layer's output the baseline's mean; applied to the layer's input it is the
-    bias change in front of the neuron."""
-    axes = tuple(a for a in range(y.ndim) if a != 1)
-    shift = y.mean(axis=axes, keepdims=True, dtype=np.float64) - base.mean(axis=axes, keepdims=True, dtype=np.float64)
+    bias change in front of the neuron. base_mean: ``channel_mean(base)``, when known."""
+    shift = channel_mean(y) - (channel_mean(base) if base_mean is None else base_mean)
     return ((y if target is None else target) - shift.astype(np.float32)).astype(np.float32, copy=False)

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
 from .select import SearchChoice, choose_bsr, choose_ssc
+from .prune import Prune
 from .tables import Measurement, VthProvider, measure
 
 __all__ = ["thresholds_from_converter", "TuneResult", "JointCheck", "joint_check", "rebuild", "tune"]
@@ -117,7 +118,7 @@ def rebuild(conv, data, stats, settings: Mapping[str, tuple[int, float]], *, thr
 
 
 def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None,
-         progress: Progress | None = None) -> TuneResult:
+         progress: Progress | None = None, r_max: float | None = None) -> TuneResult:
     """BSR then SSC on a conversion, as ``onnx2burst convert --bsr --ssc`` runs them (§8).
 
     conv: an ``onnx2burst.convert.Converter`` (its calibration config gives the threads and
@@ -130,6 +131,9 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
        then refit thresholds for the chosen psi and recalibrate the biases;
     2. SSC: tau table on that SNN, choose tau per layer (guarded when ``config.guard``),
        recalibrate again.
+
+    With ``config.prune`` the tables skip the cells no choice within the budget can hold
+    (``prune``): r_max is the largest SSC budget the tau table will serve (an r sweep's).
     """
     if not isinstance(config, SearchConfig):
         raise ConfigError(f"tune needs a SearchConfig, got {type(config).__name__}")
@@ -145,7 +149,7 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
     threads = conv.config.calibration.threads
     kernel = config.kernel
     kw = dict(samples=config.samples, batch_size=config.search_batch, threads=threads, kernel=kernel,
-              progress=progress)
+              progress=progress, workers=config.workers, address=config.ray_address)
     stats = conv.activation_stats(data, progress)
     if snn is None:
         t = time.perf_counter()
@@ -155,14 +159,15 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
     ann = conv.source
     bsr = ssc = guarded = probe = None
     measurements: dict[str, Measurement] = {}
-    ssc_start = after_bsr = None
+    ssc_start = after_bsr = fitted = None
     checks: dict[str, JointCheck] = {}
     if config.bsr:
         t = time.perf_counter()
         psis = list(range(1, config.psi_max + 1))
         provider = thresholds_from_converter(conv, data, psis, stats=stats, progress=progress)
         timings["bsr thresholds"] = time.perf_counter() - t
-        m = measure(ann, snn, data, psis=psis, taus=None, vth_for_psi=provider, **kw)
+        cut = Prune("psi", config.energy_ratio, target, config.energy) if config.prune else None
+        m = measure(ann, snn, data, psis=psis, taus=None, vth_for_psi=provider, prune=cut, **kw)
         measurements["bsr"] = m
         bsr = choose_bsr(m.psi, psi_target=config.psi_target, ratio=config.energy_ratio, energy=config.energy)
         timings["bsr measure"] = m.timings["total"]
@@ -172,12 +177,16 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
         vth = {k: old[k].vth if p == old[k].psi else provider(k, p) for k, (p, _) in settings.items()}
         t = time.perf_counter()
         snn = after_bsr = rebuild(conv, data, stats, settings, thresholds=vth, progress=progress)
+        fitted = vth
         timings["bsr rebuild"] = time.perf_counter() - t
         t = time.perf_counter()
         checks["bsr"] = joint_check(ann, snn, data, bsr, m, threads=threads, kernel=kernel)
         timings["bsr check"] = time.perf_counter() - t
     if config.ssc:
-        m = measure(ann, snn, data, psis=None, taus=config.tau_grid, **kw)
+        # the held-out budget and the per-layer guard read every cell of the table
+        whole = config.ssc_folds or (config.guard is not None and config.guard.mode != "model")
+        cut = None if whole or not config.prune else Prune("tau", max(config.r, r_max or 0.0), 1.0)
+        m = measure(ann, snn, data, psis=None, taus=config.tau_grid, prune=cut, **kw)
         measurements["ssc"] = m
         ssc_start = dict(settings)
         timings["ssc measure"] = m.timings["total"]
@@ -194,8 +203,24 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
         def build(st):
             key = tuple(sorted(st.items()))
             if key not in built:
-                built[key] = rebuild(conv, data, stats, st, progress=progress)
+                built[key] = rebuild(conv, data, stats, st, thresholds=known_vth(st), progress=progress)
             return built[key]
+
+        def known_vth(st):
+            """The thresholds of ``st`` when BSR's fit holds them: a layer's fit depends on tau only
+            through its reference (the Clip cap of §3), so an equal reference is the same fit."""
+            if fitted is None:
+                return None
+            from ..tuning.thresholds import reference_thresholds
+
+            out = {}
+            for name, (p, t_) in st.items():
+                p0, t0_ = ssc_start[name]
+                same = {name: (p, t_)}, {name: (p0, t0_)}
+                if p != p0 or not np.array_equal(*(reference_thresholds(conv.analysis, stats, x)[name] for x in same)):
+                    return None
+                out[name] = fitted[name]
+            return out
 
         g = config.guard
         if g is not None:

@@ -55,7 +55,29 @@ class SearchChoice:
 
 
 def _uniform_points(table: Table, E: np.ndarray):
-    return {c: (float(E[:, j].sum()), float(table.S[:, j].sum())) for j, c in enumerate(table.candidates)}
+    """Every uniform configuration that was measured to the end (pruned columns have none)."""
+    return {c: (float(E[:, j].sum()), float(table.S[:, j].sum())) for j, c in enumerate(table.candidates)
+            if np.isfinite(E[:, j]).all() and np.isfinite(table.S[:, j]).all()}
+
+
+def _live(cost: np.ndarray, profit: np.ndarray, candidates):
+    """Per layer, the candidates the table measured (a pruned one is inf: no choice within
+    the budget it was pruned for can hold it, so the DP never misses it)."""
+    ok = np.isfinite(cost) & np.isfinite(profit)
+    if ok.all():
+        return cost, profit, [list(candidates)] * len(cost)
+    return ([c[m] for c, m in zip(cost, ok)], [p[m] for p, m in zip(profit, ok)],
+            [[k for k, keep in zip(candidates, m) if keep] for m in ok])
+
+
+def _pareto(cost, profit, budget, candidates):
+    c, p, k = _live(np.asarray(cost), np.asarray(profit), candidates)
+    return pareto_select(c, p, budget, k)
+
+
+def _most(cost: np.ndarray) -> float:
+    """The largest total cost of any measured choice: a budget that holds the whole frontier."""
+    return float(np.where(np.isfinite(cost), cost, -np.inf).max(axis=1).sum())
 
 
 def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.0,
@@ -77,8 +99,8 @@ def choose_bsr(table: Table, *, psi_target: int | None = None, ratio: float = 1.
     E = table.energy(energy)
     j = table.column(psi_target)
     budget = ratio * float(E[:, j].sum())
-    r = pareto_select(E, table.S, budget, [list(table.candidates)] * len(table.layers))
-    full = pareto_select(E, table.S, float(E.max(axis=1).sum())).frontier
+    r = _pareto(E, table.S, budget, table.candidates)
+    full = _pareto(E, table.S, _most(E), table.candidates).frontier
     return SearchChoice(
         "bsr", "psi", energy, dict(zip(table.layers, (int(c) for c in r.choices))), budget,
         f"{ratio:g} * sum_i E_i(psi={psi_target})", (r.cost, r.profit), r.frontier,
@@ -99,6 +121,8 @@ def held_out_r(table: Table, *, r: float = 1.0, energy: str = "spikes", folds: i
     """
     if table.kl is None:
         raise ConfigError("a held-out SSC budget needs the per-sample KL (measure records it)")
+    if not np.isfinite(table.S).all():
+        raise ConfigError("a held-out SSC budget needs every candidate on every sample: measure without pruning")
     n = table.kl.shape[-1]
     if folds < 2 or n < 2 * folds:
         raise ConfigError(f"--ssc-folds must be >= 2 with at least 2 samples per fold; got {folds} folds "
@@ -169,8 +193,8 @@ def choose_ssc(table: Table, *, r: float = 1.0, energy: str = "spikes",
         rule = f"{budget:.6g}, a point of the frontier of {rule}"
     if z:
         rule += f", candidates at S + {z:g} SE"
-    res = pareto_select(S, E, budget, [list(table.candidates)] * len(table.layers))
-    full = pareto_select(S, E, float(S.max(axis=1).sum())).frontier
+    res = _pareto(S, E, budget, table.candidates)
+    full = _pareto(S, E, _most(S), table.candidates).frontier
     return SearchChoice(
         "ssc", "tau", energy, dict(zip(table.layers, (float(c) for c in res.choices))), budget,
         rule, (res.profit, res.cost),

@@ -24,10 +24,11 @@ from ..data import load_data
 from ..errors import ConfigError
 from ..evaluation.energy import energy_model
 from ..evaluation.evaluate import load_onnx
-from ..evaluation.metrics import symmetric_kl
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
-from .graphs import SearchGraphs, mean_corrected
+from .cells import DEFAULT_METRIC, Metric, run_layer
+from .graphs import SearchGraphs
+from .prune import Prune, Pruner
 
 __all__ = ["DEFAULT_PSI_MAX", "DEFAULT_TAUS", "VthProvider", "scaled_vth", "Table", "Measurement", "measure"]
 
@@ -92,8 +93,13 @@ class Table:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": list(self.layers), "candidates": list(self.candidates),
                 "defaults": list(self.defaults), "fanout": list(self.fanout),
-                "S": self.S.tolist(), "spikes": self.spikes.tolist(), "synops": self.synops.tolist(),
-                "se": None if self.se is None else self.se.tolist()}
+                "S": _finite(self.S), "spikes": _finite(self.spikes), "synops": _finite(self.synops),
+                "se": None if self.se is None else _finite(self.se)}
+
+
+def _finite(a: np.ndarray) -> list:
+    """``a`` as nested lists, a pruned (inf) entry as None."""
+    return np.where(np.isfinite(a), a, None).tolist() if not np.isfinite(a).all() else a.tolist()
 
 
 @dataclass(frozen=True)
@@ -120,7 +126,9 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             taus: Sequence[float] | None = DEFAULT_TAUS, vth_for_psi: VthProvider | None = None,
             samples: int | None = 256, batch_size: int = 32, threads: int | None = None,
             kernel: bool | None = None, progress: Progress | None = None,
-            layers: Sequence[str] | None = None, mean_correct: bool | str = "output") -> Measurement:
+            layers: Sequence[str] | None = None, mean_correct: bool | str = "output",
+            prune: Prune | None = None, workers: int = 0, address: str | None = None,
+            metric: Metric = DEFAULT_METRIC) -> Measurement:
     """Sensitivity and spikes of every layer at every psi and tau candidate (§6-§7).
 
     ann, snn: ModelProto or path; the SNN as converted (its psi/tau are the defaults). data:
@@ -140,6 +148,12 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
       closer to the rebuilt model's, but it rates large taus as cheaper and its additive S is
       further from what a choice costs (docs/results.md); hence not the default.
     - ``"none"`` (also ``False``): the raw change.
+
+    prune: skip what the choice the table is made for can never contain (``prune.Prune``;
+    exact: such candidates are ``inf`` in the table). workers / address: run the
+    (layer, candidate) cells as Ray tasks on a local instance of ``workers`` CPUs, or on the
+    cluster at ``address`` (``cluster``); the numbers are those of the in-process run.
+    metric: the per-sample divergence of the SNN's logits from the ANN's (§6's symmetric KL).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -211,50 +225,76 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     per = {k: np.zeros(v + (n,)) for k, v in shapes.items()}  # each sample's KL: S and its SE come from it
     spk = {k: np.zeros(v) for k, v in shapes.items()}
     base_per, base_spk = np.zeros(n), np.zeros(L)
-    pos = 0
-    t_base = t_cell = t_tail = t_kl = 0.0
-    n_evals = sum(len(v) for v in plan.values())
     batches = list(ds.batches(batch_size))
-    with progress_or_null(progress).stage("sensitivity", len(batches) * (1 + n_evals)) as stage:
-        advance = stage.advance
-        for feeds, a_logits in zip(batches, ann_logits):
-            t = time.perf_counter()
-            env = sg.run_base(feeds)
-            t_base += time.perf_counter() - t
-            t = time.perf_counter()
-            base_n = symmetric_kl(a_logits, env[sg.logits])
-            rows = slice(pos, pos + len(base_n))
-            pos += len(base_n)
-            base_per[rows] = base_n
-            base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
-            t_kl += time.perf_counter() - t
-            advance(1)
-            for i in active:
-                nr = neurons[i]
-                xi = env[nr.x]
-                tail = sg.tail(i, env) if plan[i] else None
-                feeds = {b: env[b] for b in sg.boundary[i]}
-                for kind, j, p, theta in plan[i]:
-                    t = time.perf_counter()
-                    cell = sg.cell(xi.ndim, nr.T, p)
-                    y, s = cell.run(None, {"X": xi, "vth": theta})
-                    if correction == "input":
-                        y, s = cell.run(None, {"X": mean_corrected(y, env[nr.y], target=xi), "vth": theta})
-                    t_cell += time.perf_counter() - t
-                    t = time.perf_counter()
-                    if correction == "output":
-                        y = mean_corrected(y, env[nr.y])
-                    feeds[nr.y] = y
-                    lg = tail.run([sg.logits], feeds)[0]
-                    t_tail += time.perf_counter() - t
-                    t = time.perf_counter()
-                    per[kind][i, j, rows] = symmetric_kl(a_logits, lg)
-                    spk[kind][i, j] += float(s.sum())
-                    t_kl += time.perf_counter() - t
-                    advance(1, description=f"sensitivity {nr.name} {kind}")
-    timings.update(baseline=t_base, neurons=t_cell, tails=t_tail, kl=t_kl)
+    fo = np.array([fanout[nr.name] for nr in neurons])
+    progress = progress_or_null(progress)
+    pruners: dict[str, Pruner] = {}
+    if prune is not None and (psis if prune.kind == "psi" else taus) is not None:
+        # the budget is the baseline's: one pass over the batches measures it first
+        t = time.perf_counter()
+        with progress.stage("sensitivity baseline", len(batches)) as stage:
+            pos = 0
+            for feeds, a_logits in zip(batches, ann_logits):
+                env = sg.run_base(feeds)
+                b = metric(a_logits, env[sg.logits])
+                base_per[pos:pos + len(b)] = b
+                pos += len(b)
+                base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
+                stage.advance(1)
+        timings["baseline pass"] = time.perf_counter() - t
+        cands = psis if prune.kind == "psi" else taus
+        defaults = [nr.psi if prune.kind == "psi" else nr.tau for nr in neurons]
+        if prune.kind == "tau":
+            cost0, scale = np.full(L, base_per.mean()), np.ones(L)
+        else:
+            scale = fo if prune.energy == "synops" else np.ones(L)
+            cost0 = base_spk / n * scale
+        pr = Pruner(prune, cands, defaults, cost0, n, scale)
+        if pr.enabled:
+            for i in range(L):
+                if i not in active:  # a layer left out keeps its default (its exact cost)
+                    pr.dead[i] = np.isnan(pr.exact[i])
+            pruners[prune.kind] = pr
+    runner = _runner(sg, correction, metric, workers, address, timings)
+    pos = 0
+    n_evals = sum(len(v) for v in plan.values())
+    t_base = 0.0
+    try:
+        with progress.stage("sensitivity", len(batches) * (1 + n_evals)) as stage:
+            for feeds, a_logits in zip(batches, ann_logits):
+                t = time.perf_counter()
+                env = sg.run_base(feeds)
+                t_base += time.perf_counter() - t
+                rows = slice(pos, pos + len(a_logits))
+                pos += len(a_logits)
+                if not pruners:
+                    base_per[rows] = metric(a_logits, env[sg.logits])
+                    base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
+                stage.advance(1)
+                work, skipped = [], 0
+                for i in active:
+                    todo = [c for c in plan[i] if not (c[0] in pruners and pruners[c[0]].dead[i, c[1]])]
+                    skipped += len(plan[i]) - len(todo)
+                    if todo:
+                        work.append((i, todo))
+                if skipped:
+                    stage.advance(skipped, description="sensitivity (pruned)")
+                results = runner.run(env, a_logits, work, stage.advance)
+                del env
+                for (i, todo), res in zip(work, results):
+                    for (kind, j, _, _), (kl, s) in zip(todo, res):
+                        per[kind][i, j, rows] = kl
+                        spk[kind][i, j] += s
+                        if kind in pruners:
+                            pruners[kind].add(i, j, float(kl.sum()) if kind == "tau" else s)
+                for pr in pruners.values():
+                    pr.update()
+    finally:
+        runner.close()
+    timings.update(baseline=t_base)
     base_S = float(base_per.mean())
     base_spikes = base_spk / n
+    dead = {k: pr.dead for k, pr in pruners.items()}
 
     def table(kind, cands, default_of):
         if cands is None:
@@ -269,7 +309,10 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
         # SE of the paired difference d = a sample's KL with the candidate - its KL in the
         # baseline SNN; 0 at each layer's own value (d = 0 for every sample)
         se = (per[kind] - base_per).std(axis=-1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(S)
-        fo = np.array([fanout[nr.name] for nr in neurons])
+        if kind in dead:  # pruned: never measured to the end, never chosen (prune.py)
+            d = dead[kind]
+            S[d], E[d], se[d] = np.inf, np.inf, np.inf
+            per[kind][d] = np.nan
         keep = np.array(active, dtype=int)
         return Table(kind, tuple(neurons[i].name for i in keep), tuple(cands),
                      tuple(default_of(neurons[i]) for i in keep), S[keep], E[keep],
@@ -282,3 +325,28 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
         baseline_spikes=tuple(float(v) for v in base_spikes), timings=timings, notes=em.notes)
 
 
+
+
+class _InProcess:
+    """The cells of one batch, one layer after the other, in this process."""
+
+    def __init__(self, sg: SearchGraphs, correction: str, metric: Metric, timings: dict):
+        self.sg, self.correction, self.metric, self.timings = sg, correction, metric, timings
+
+    def run(self, env, a_logits, work, advance):
+        out = []
+        for i, todo in work:
+            out.append(run_layer(self.sg, i, env, a_logits, todo, self.correction, self.metric, self.timings))
+            advance(len(todo), description=f"sensitivity {self.sg.neurons[i].name}")
+        return out
+
+    def close(self):
+        pass
+
+
+def _runner(sg, correction, metric, workers, address, timings):
+    if not workers and not address:
+        return _InProcess(sg, correction, metric, timings)
+    from .cluster import RayRunner  # Ray only when asked for
+
+    return RayRunner(sg, correction, metric, workers=workers, address=address, timings=timings)

@@ -107,6 +107,48 @@ class ThresholdSearch:
     def best_index(self) -> np.ndarray:
         return np.argmin(self.errors, axis=0)
 
+    @staticmethod
+    def update_group(searches: Sequence["ThresholdSearch"], a: np.ndarray) -> None:
+        """``s.update(a)`` for each search of one neuron with the same ref, T and factors (its
+        psi candidates), sharing the work: per factor the levels ``floor(z*T/f + 0.5)`` are
+        computed once, and every psi whose cap ``psi*T`` no level of the batch reaches gets
+        the unclipped errors computed once. The float operations on each value are those of
+        ``update``, in the same order, so the errors are the same bit for bit."""
+        first = searches[0]
+        if len(searches) == 1 or any(getattr(s, "signed", False) for s in searches):  # signed: one fit per psi
+            for s in searches:
+                s.update(a)
+            return
+        at = _channels_first(a, first.per_channel)
+        if at.shape[0] != first.ref.size:
+            raise ValueError(f"activations have {at.shape[0]} channels, thresholds {first.ref.size}")
+        mask = at > 0
+        counts = mask.sum(axis=1)
+        z = (at * first._inv[:, None])[mask]
+        if z.size == 0:
+            return
+        nonempty = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
+        scale = (first.ref ** 2)[nonempty]
+        level, buf = np.empty_like(z), np.empty_like(z)
+        T = first.T
+        for k, f in enumerate(first.factors):
+            np.multiply(z, np.float32(T / f), out=level)
+            level += np.float32(0.5)
+            np.floor(level, out=level)
+            high = level.max()
+            done: dict[float, np.ndarray] = {}
+            for s in searches:
+                top = np.float32(s.psi * T)
+                cap = float(min(top, high))  # the same for every psi whose cap no level reaches
+                if cap not in done:
+                    np.minimum(level, top, out=buf)
+                    buf *= np.float32(f / T)
+                    np.subtract(z, buf, out=buf)
+                    np.multiply(buf, buf, out=buf)
+                    done[cap] = np.add.reduceat(buf, starts, dtype=np.float64) * scale
+                s.errors[k, nonempty] += done[cap]
+
     def thresholds(self) -> np.ndarray:
         """The best theta per channel, float32 ``[C]``."""
         f = self.factors[self.best_index()]
@@ -212,12 +254,15 @@ def search_thresholds(canonical: Canonical, analysis: Analysis, data: Calibratio
     if searches:
         wanted = [n for n in analysis.neurons if any(k[0] == n.name for k in searches)]
         runner = Runner(with_outputs(canonical.model, [n.output for n in wanted]), threads=threads, kernel=False)
+        groups: dict[tuple, list[ThresholdSearch]] = {}  # one neuron's searches that share ref: its psis
+        for key, s in searches.items():
+            groups.setdefault((key[0], s.ref.tobytes(), s.per_channel), []).append(s)
         with progress.stage("threshold search (ANN, pass 2)", data.num_batches(batch_size)) as st:
             for _, res in runner.iterate(data, batch_size, [n.output for n in wanted], st):
                 for n, a in zip(wanted, res):
-                    for key, s in searches.items():
-                        if key[0] == n.name:
-                            s.update(a)
+                    for gkey, group in groups.items():
+                        if gkey[0] == n.name:
+                            ThresholdSearch.update_group(group, a)
         for key, s in searches.items():
             result[key] = s.thresholds()
     if multi:

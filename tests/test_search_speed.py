@@ -1,0 +1,123 @@
+"""The faster search chooses what the reference implementation chose: exact pruning, the shared
+threshold fit, Ray workers (docs/method.md §8)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import search_choices
+from onnx2burst import search as S
+from onnx2burst.errors import ConfigError
+from onnx2burst.search.prune import Prune, Pruner
+from onnx2burst.tuning.thresholds import ThresholdSearch, candidate_factors
+from snn_fixtures import ann_model, sample_data, snn_model
+
+T, PSI = 4, 2
+PSIS = (1, 2, 3, 4)
+TAUS = (1.0, 1.25, 1.5, 2.0, 3.0, 6.0, 10.0)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    ann, snn = ann_model(), snn_model(T=T, psi=PSI)
+    x = sample_data(64, seed=5)
+    full = S.measure(ann, snn, x, psis=PSIS, taus=TAUS, batch_size=16, threads=1)
+    return ann, snn, x, full
+
+
+@pytest.mark.parametrize("name", ["vgg_T4_small", "resnet20_T4_small"])
+def test_choices_are_the_recorded_ones(name, tmp_path, monkeypatch):
+    """convert --bsr --ssc on a bundled model: the psi/tau per layer and both budgets are those
+    the reference implementation chose (tests/data/search_choices.json)."""
+    monkeypatch.chdir(search_choices.ROOT)
+    want = json.loads(search_choices.RECORD.read_text())[name]
+    got = search_choices.choices(name, tmp_path)
+    assert got["settings"] == want["settings"]
+    assert (got["bsr_budget"], got["ssc_budget"]) == (want["bsr_budget"], want["ssc_budget"])
+
+
+@pytest.mark.parametrize("r,z", [(1.0, 0.0), (1.3, 0.0), (3.0, 0.0), (1.0, 1.0), (2.0, 2.0)])
+def test_pruned_tau_table_gives_the_same_choice(toy, r, z):
+    """Pruning for r prunes some cells, keeps the rest bit for bit, and SSC chooses the same at
+    r and below (a budget that is no larger)."""
+    ann, snn, x, full = toy
+    m = S.measure(ann, snn, x, psis=None, taus=TAUS, batch_size=16, threads=1, prune=Prune("tau", r, 1.0))
+    live = np.isfinite(m.tau.S)
+    assert np.array_equal(m.tau.S[live], full.tau.S[live]) and np.array_equal(m.tau.spikes[live], full.tau.spikes[live])
+    if r == 1.0 and z == 0.0:
+        assert not live.all(), "nothing pruned: the test would not see a wrong pruning"
+    for rr in (r, r * 0.7):
+        try:
+            a = S.choose_ssc(full.tau, r=rr, z=z)
+        except S.InfeasibleBudgetError:
+            with pytest.raises(S.InfeasibleBudgetError):
+                S.choose_ssc(m.tau, r=rr, z=z)
+            continue
+        b = S.choose_ssc(m.tau, r=rr, z=z)
+        assert a.choice == b.choice and a.budget == b.budget and a.frontier == b.frontier
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 1.5])
+def test_pruned_psi_table_gives_the_same_choice(toy, ratio):
+    ann, snn, x, full = toy
+    m = S.measure(ann, snn, x, psis=PSIS, taus=None, batch_size=16, threads=1, prune=Prune("psi", ratio, PSI))
+    live = np.isfinite(m.psi.S)
+    assert np.array_equal(m.psi.S[live], full.psi.S[live])
+    if ratio == 0.5:
+        assert not live.all()
+    a, b = S.choose_bsr(full.psi, ratio=ratio), S.choose_bsr(m.psi, ratio=ratio)
+    assert a.choice == b.choice and a.budget == b.budget and a.frontier == b.frontier
+
+
+def test_pruner_drops_only_what_cannot_fit():
+    """Two layers, budget 1.0 * (0.5 + 0.5): layer 0's candidate at 0.9 still fits beside layer
+    1's 0.1, its candidate at 1.2 cannot fit beside anything."""
+    p = Pruner(Prune("tau", 1.0, 1.0), (1.0, 2.0, 3.0), (1.0, 1.0), np.array([0.5, 0.5]), n=10, scale=np.ones(2))
+    for j, v in ((1, 9.0), (2, 12.0)):
+        p.add(0, j, v)
+    p.add(1, 1, 1.0)
+    p.add(1, 2, 4.0)
+    assert p.update() == 1 and p.dead[0].tolist() == [False, False, True] and not p.dead[1].any()
+    held = Pruner(Prune("tau", 1.0, 1.0), (1.0, 2.0), (1.0, 1.5), np.array([0.5, 0.5]), n=10, scale=np.ones(2))
+    held.add(0, 1, 1e9)
+    assert not held.enabled and held.update() == 0   # a layer not at the reference: nothing pruned
+
+
+def test_held_out_budget_refuses_a_pruned_table(toy):
+    ann, snn, x, _ = toy
+    m = S.measure(ann, snn, x, psis=None, taus=TAUS, batch_size=16, threads=1, prune=Prune("tau", 1.0, 1.0))
+    with pytest.raises(ConfigError, match="without pruning"):
+        S.choose_ssc(m.tau, folds=2)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_threshold_fit_for_many_psi_is_bit_exact(per_channel):
+    """One neuron's psi candidates fitted together give the errors of one fit per psi, with
+    and without values reaching the caps."""
+    rng = np.random.default_rng(3)
+    a = np.maximum(rng.standard_normal((12, 5, 6, 6)), 0).astype(np.float32) * np.float32(2.5)
+    ref = a.max(axis=(0, 2, 3)) * np.float32(0.6) if per_channel else np.array([a.max() * 0.6], np.float32)
+    if per_channel:
+        ref[1] = 0
+    f = candidate_factors()
+    one = [ThresholdSearch(ref, 4, p, f, per_channel) for p in (1, 2, 3, 6)]
+    many = [ThresholdSearch(ref, 4, p, f, per_channel) for p in (1, 2, 3, 6)]
+    for batch in (a[:5], a[5:]):
+        for s in one:
+            s.update(batch)
+        ThresholdSearch.update_group(many, batch)
+    for s, t in zip(one, many):
+        assert np.array_equal(s.errors, t.errors)
+    assert not np.array_equal(one[0].errors, one[3].errors)  # the caps did bite
+
+
+def test_ray_is_not_imported_without_workers():
+    code = ("import sys, onnx2burst, onnx2burst.search, onnx2burst.cli.convert, onnx2burst.cli.search\n"
+            "from onnx2burst.search import cells, prune, tables\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr
