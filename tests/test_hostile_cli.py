@@ -1,7 +1,7 @@
 """Every subcommand against hostile input, in one generated table.
 
-For each command (convert, inspect, eval, search, portable, export-torch, export-nir, doctor)
-the rows are generated from what it reads and writes:
+For each command (convert, inspect, eval, search, portable, export-torch, export-nir, export-stream,
+doctor) the rows are generated from what it reads and writes:
 
 - every input file it takes is replaced, one at a time, by each hostile file that fits its
   kind (a model: missing, a folder, empty, not ONNX, truncated, a pipe, a device, an .npz;
@@ -150,6 +150,7 @@ COMMANDS = [
     Command("portable", ["portable", "{snn}", "-o", "{out}"], {"snn": "model"}, ["-o"]),
     Command("export-torch", ["export-torch", "{snn}", "-o", "{out}"], {"snn": "model"}, ["-o"]),
     Command("export-nir", ["export-nir", "{snn}", "-o", "{out}"], {"snn": "model"}, ["-o"]),
+    Command("export-stream", ["export-stream", "{snn}", "-o", "{out}"], {"snn": "model"}, ["-o"]),
     Command("doctor", ["doctor"], {}),
 ]
 FILES = {"model": "model.onnx", "calib": "calib.npy", "guard": "guard.npz", "data": "data.npz", "snn": "snn.onnx"}

@@ -60,7 +60,7 @@ def _time_tiles(idx: GraphIndex, T: int) -> list[onnx.NodeProto]:
     return tiles
 
 
-def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: list) -> str:
+def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: list, rank: int | None = None) -> str:
     """Replace a BurstIF node by its one-step form; returns the name of its spikes output."""
     n = neuron.node
     extra = sorted({a.name for a in n.attribute} - set(_ATTRIBUTES))
@@ -79,11 +79,13 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
         raise GraphError(f"BurstIF {neuron.name}: the neuron's step has inputs {unknown} that the streaming "
                          "export does not know")
     f = lambda s: idx.fresh(f"{neuron.name}/{s}")  # noqa: E731
-    theta = neuron.theta.reshape(1, -1, 1)                     # tau * vth as the kernel forms it
+    axes = [b for b in body.node if b.op_type == "Constant" and list(b.output) == ["ax12"]]
+    natural = rank is not None and rank >= 2 and len(axes) == 1  # the step on X as it is, no reshapes
+    theta = neuron.theta.reshape((1, -1) + (1,) * ((rank if natural else 3) - 2))  # tau * vth as the kernel forms it
     fires = theta > 0
     theta = np.where(fires, theta, np.float32(1)).astype(np.float32)
     offset = (theta / np.float32(2 * T)).astype(np.float32)    # theta / (2T), the batch SNN's offset
-    x3, y3, shape = f("x_step"), f("y_step"), f("shape")
+    x3, y3, shape = (neuron.x, neuron.y, "") if natural else (f("x_step"), f("y_step"), f("shape"))
     u_in, u_out = f("u"), f("u.next")
     spikes = neuron.spikes or f("spikes")
     names = {
@@ -94,13 +96,18 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
         "psi_in": idx.set_const(f("psi"), np.array(float(neuron.psi), np.float32)),
         "fires_in": idx.set_const(f("fires"), fires),
     }
-    flat = idx.set_const(f("as_NCK"), np.array([0, 0, -1], np.int64))
-    new_nodes += [helper.make_node("Shape", [neuron.x], [shape], name=f("shape_of")),
-                  helper.make_node("Reshape", [neuron.x, flat], [x3], name=f("to_NCK"))]
+    if natural:  # the spike count sums over every axis but the batch
+        names["ax12"] = idx.set_const(f("per_sample_axes"), np.arange(1, rank, dtype=np.int64))
+    else:
+        flat = idx.set_const(f("as_NCK"), np.array([0, 0, -1], np.int64))
+        new_nodes += [helper.make_node("Shape", [neuron.x], [shape], name=f("shape_of")),
+                      helper.make_node("Reshape", [neuron.x, flat], [x3], name=f("to_NCK"))]
     kept_outputs = {"u_out", "y_t", "spk_out"}
-    for b in body.node:
+    for b in _specialise(list(body.node), fires_all=bool(fires.all())):
         if all(o.endswith("_out") and o not in kept_outputs for o in b.output):
             continue  # the pass-through states
+        if natural and b in axes:
+            continue
         node = onnx.NodeProto()
         node.CopyFrom(b)
         for k, i in enumerate(node.input):
@@ -111,10 +118,34 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
             node.output[k] = names[o]
         node.name = f(b.name or b.output[0])
         new_nodes.append(node)
-    new_nodes.append(helper.make_node("Reshape", [y3, shape], [neuron.y], name=neuron.name))
+    if not natural:
+        new_nodes.append(helper.make_node("Reshape", [y3, shape], [neuron.y], name=neuron.name))
     states.append({"kind": "membrane", "layer": neuron.name, "in": u_in, "out": u_out, "of": neuron.x,
-                   "view": "NCK"})
+                   "view": "same" if natural else "NCK"})
     return spikes
+
+
+def _specialise(nodes: list, *, fires_all: bool) -> list:
+    """The step body with three rewrites that give the same bits for this neuron's constants:
+    ``Where(fires, s, 0)`` is ``s`` when every channel fires; ``Where(a > b, b, a)`` is
+    ``Min(a, b)``; ``spk_in + count`` is the count (a step starts its count at 0). Each saves
+    an op of a step that runs once per call (docs/stream.md)."""
+    producer = {o: n for n in nodes for o in n.output}
+    out = []
+    for n in nodes:
+        new = None
+        if n.op_type == "Where" and len(n.input) == 3:
+            cond = producer.get(n.input[0])
+            if fires_all and n.input[0] == "fires_in":
+                new = helper.make_node("Identity", [n.input[1]], list(n.output), name=n.name)
+            elif cond is not None and cond.op_type == "Greater" and list(cond.input) == [n.input[2], n.input[1]]:
+                new = helper.make_node("Min", [n.input[2], n.input[1]], list(n.output), name=n.name)
+        elif n.op_type == "Add" and "spk_in" in n.input:
+            other = [i for i in n.input if i != "spk_in"]
+            new = helper.make_node("Identity", other, list(n.output), name=n.name)
+        out.append(new or n)
+    used = {i for n in out for i in n.input}
+    return [n for n in out if n.op_type != "Greater" or any(o in used for o in n.output)]
 
 
 def _lateral_sums(idx: GraphIndex, cumsum: onnx.NodeProto, new_nodes: list, states: list, removed: list) -> None:
@@ -206,12 +237,14 @@ def _per_sample_divisions(idx: GraphIndex, T: int) -> None:
             node.input[1] = idx.set_const(idx.fresh(node.input[1] + "_one_step"), np.array([1], np.int64))
 
 
-def build_stream(snn: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+def build_stream(snn: onnx.ModelProto, ranks: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     """The streaming model of ``snn`` and its description (also stored in its metadata).
 
     Raises ``GraphError``/``ConfigError`` naming the node for anything that is not an SNN
     ``onnx2burst convert`` writes (BurstIF attributes unknown here, a CumSum that is not a
-    lateral pool, an output without its mean over T) and for a streaming file.
+    lateral pool, an output without its mean over T) and for a streaming file. ranks: the rank
+    of each neuron's input where known; the step then runs on it as it is (else viewed as
+    ``[N, C, K]``).
     """
     if any(p.key == STREAM_KEY for p in snn.metadata_props):
         raise GraphError("the model is a streaming model already (made by export-stream); pass the SNN "
@@ -239,7 +272,8 @@ def build_stream(snn: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
     spikes = []
     for neuron in view.neurons:
-        spikes.append({"layer": neuron.name, "name": _inline_neuron(idx, neuron, T, new_nodes, states)})
+        spikes.append({"layer": neuron.name,
+                       "name": _inline_neuron(idx, neuron, T, new_nodes, states, (ranks or {}).get(neuron.x))})
     removed += [n.node for n in view.neurons]
     for node in list(g.node):
         if node.op_type == "CumSum":

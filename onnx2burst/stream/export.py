@@ -45,6 +45,18 @@ def _plain_session(model: onnx.ModelProto, kernel: bool | None = False):
     return make_session(model, kernel=kernel, threads=1, layout="plain")
 
 
+def _neuron_ranks(snn: onnx.ModelProto) -> dict[str, int]:
+    """The rank of each neuron's input, from one run of the SNN at batch 1 on a probe input."""
+    m = onnx.ModelProto()
+    m.CopyFrom(snn)
+    have = {o.name for o in m.graph.output}
+    names = list(dict.fromkeys(n.x for n in read_snn(snn).neurons))
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    with onnxruntime_errors("the SNN on a probe input (batch 1)"):
+        outs = _plain_session(m, kernel=None).run(names, probe_feeds(snn, 1))
+    return {n: o.ndim for n, o in zip(names, outs)}
+
+
 def _state_shapes(snn: onnx.ModelProto, info: dict) -> None:
     """Fill each state's per-sample ``shape`` from one run of the SNN at batch 1."""
     m = onnx.ModelProto()
@@ -117,7 +129,10 @@ def export_stream(snn: onnx.ModelProto, *, check: bool = True) -> onnx.ModelProt
     spike-count output of each layer, and each state (name in, name out, kind, layer, shape
     per sample). check: compare with the SNN on a probe input (``GraphError`` on a difference).
     """
-    stream, info = build_stream(snn)
+    if stream_info(snn) is not None:
+        raise GraphError("the model is a streaming model already (made by export-stream); pass the SNN "
+                         "`onnx2burst convert` wrote")
+    stream, info = build_stream(snn, _neuron_ranks(snn))
     _state_shapes(snn, info)
     _declare_shapes(stream, info)
     for s in info["states"]:

@@ -165,7 +165,10 @@ class StreamSession:
         step's outputs in the SNN's output order (their mean over the steps so far is the
         any-time prediction, ``prediction()``)."""
         self._require_reset("step")
-        feeds = self._check_feeds(feeds)
+        return self._run(self._check_feeds(feeds))
+
+    def _run(self, feeds: dict) -> list[np.ndarray]:
+        """One step on checked ``feeds``: the state advances; returns this step's outputs."""
         feeds.update(self._state)
         with onnxruntime_errors("the streaming model"):
             res = self._sess.run(self._fetch, feeds)
@@ -209,12 +212,15 @@ class StreamSession:
         exits = np.zeros(n, np.int64)
         spikes = np.zeros((len(self.layers), n))
         outs: list | None = None
+        now = dict(feeds)
         while len(active):
-            self.step({k: v[active] for k, v in feeds.items()})
+            self._run(dict(now))
             spikes[:, active] += self.step_spikes()
-            pred = self.prediction()
+            pred = self._pred
             if outs is None:
                 outs = [np.zeros((n,) + p.shape[1:], p.dtype) for p in pred]
+            if self._steps < rule.t_min and self._steps < limit:
+                continue
             done = rule.exits(confidence(pred[0], self.heads[0]), self._steps) | (self._steps >= limit)
             if done.any():
                 for o, p in zip(outs, pred):
@@ -225,4 +231,5 @@ class StreamSession:
                 if len(active):
                     self._state = {k: (v if v.ndim == 0 else v[keep]) for k, v in self._state.items()}
                     self._batch = len(active)
+                    now = {k: v[active] for k, v in feeds.items()}
         return AdaptiveRun(outs or [], exits, spikes)

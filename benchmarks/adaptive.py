@@ -1,0 +1,161 @@
+"""Adaptive timesteps on the bundled classifiers (docs/stream.md), measured in one run.
+
+For each model and T (psi = 4): convert with the bundled calibration samples; choose the exit
+rule on them (``attach_exit_rule``, tolerance 0 points of agreement with the ANN; the
+confidence and the margin rule); run the streaming SNN for all T steps on the test images and
+read every sample's exit step off that run; report mean timesteps, top-1 (with the standard
+error of the paired difference against all T steps), agreement with the ANN, spikes and energy
+per sample over the steps run; then the wall time per sample at batch 1 of
+``StreamSession.run_adaptive`` against the batch SNN (the C++ kernel when built) running all T
+steps, measured back to back on the same samples. A plot shows top-1 against mean timesteps as
+c varies (t_min of the chosen rule).
+
+    python benchmarks/adaptive.py                     # 10k test images, T = 8 and 16
+    python benchmarks/adaptive.py --limit 1000 --T 8  # quicker
+"""
+from __future__ import annotations
+
+import time
+
+import common
+import numpy as np
+
+from onnx2burst.data import load_data
+from onnx2burst.evaluation.adaptive import _ann_classes, anytime_run, summarize
+from onnx2burst.evaluation.energy import ann_macs, energy_model
+from onnx2burst.stream import StreamSession, choose_rule, export_stream
+from onnx2burst.stream.rule import c_grid, exit_steps, scores
+
+
+def _timing(snn, stream, rule, x, samples: int, threads: int | None):
+    """Mean ms per sample at batch 1 of the batch SNN and of run_adaptive, each sample run by both back to
+    back, and the ratio of the totals."""
+    batch = common.session(snn, threads)
+    name = snn.graph.input[0].name
+    feeds = [{name: x[i:i + 1]} for i in range(samples)]
+    state = {"i": 0}
+
+    def snn_run():
+        batch.run(None, feeds[state["i"]])
+
+    def adaptive_run():
+        stream.run_adaptive(feeds[state["i"]], rule=rule)
+
+    ts = {"snn": [], "adaptive": []}
+    for i in range(samples):
+        state["i"] = i
+        t = common.interleave({"snn": snn_run, "adaptive": adaptive_run}, 1)
+        for k in ts:
+            ts[k] += t[k]
+    return 1e3 * float(np.mean(ts["snn"])), 1e3 * float(np.mean(ts["adaptive"])), \
+        float(np.sum(ts["adaptive"]) / np.sum(ts["snn"]))
+
+
+def measure(model: str, T: int, x, labels, args) -> dict:
+    import onnx2burst
+
+    ann_path = common.model_path(model)
+    ann = onnx2burst.io.load_model(ann_path)
+    t0 = time.perf_counter()
+    snn = onnx2burst.convert(ann_path, common.CALIB, T=T, psi=4)
+    convert_s = time.perf_counter() - t0
+    stream = StreamSession(export_stream(snn), threads=args.threads)
+    calib = load_data(common.CALIB, ann)
+    cal_run = anytime_run(stream, calib, batch_size=256)
+    cal_ann = _ann_classes(ann, calib, 256, args.threads)
+    test = load_data({"input": x, "labels": labels}, ann)
+    t0 = time.perf_counter()
+    run = anytime_run(stream, test, batch_size=500)
+    run_s = time.perf_counter() - t0
+    ann_pred = _ann_classes(ann, test, 500, args.threads)
+    em, macs = energy_model(snn), ann_macs(ann)
+    out = {"model": model, "T": T, "samples": len(labels), "convert_s": convert_s, "anytime_run_s": run_s,
+           "rules": {}}
+    for kind in ("confidence", "margin"):
+        rule, cal = choose_rule(cal_run.preds, cal_ann, tol=0.0, kind=kind, head=cal_run.head)
+        sc = np.stack([scores(run.preds[t], run.head, kind) for t in range(T)])
+        res = summarize(run, exit_steps(sc, rule.c, rule.t_min), ann_pred, labels, em, macs,
+                        rule={"kind": kind, "c": rule.c, "t_min": rule.t_min, "tol": 0.0}, e_ac_pj=0.9, e_mac_pj=4.6)
+        curve = []
+        for c in c_grid(kind)[::2]:
+            ex = exit_steps(sc, c, rule.t_min)
+            pick = run.preds.argmax(2)[ex - 1, np.arange(len(labels))]
+            curve.append((float(ex.mean()), 100 * float((pick == labels).mean()), float(c)))
+        ms_snn, ms_ad, r = _timing(snn, stream, rule, x, args.time_samples, args.threads)
+        out["rules"][kind] = {**res.to_dict(), "calibration": cal, "curve": curve, "ms_snn_batch1": ms_snn,
+                              "ms_adaptive_batch1": ms_ad, "time_ratio": r}
+        print(f"{model} T={T} {kind}: c={rule.c:.4g} t_min={rule.t_min} steps {res.mean_timesteps:.2f} "
+              f"top-1 {res.top1:.2f} vs {res.top1_full_T:.2f} (+-{res.top1_drop_se:.2f}) "
+              f"{ms_ad:.2f} vs {ms_snn:.2f} ms", flush=True)
+    return out
+
+
+def _plot(results: list[dict], path) -> None:
+    from onnx2burst.report.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len({r["model"] for r in results}), figsize=(11, 4.2), squeeze=False)
+    for ax, model in zip(axes[0], dict.fromkeys(r["model"] for r in results)):
+        for r in (r for r in results if r["model"] == model):
+            for kind, style in (("confidence", "-"), ("margin", "--")):
+                d = r["rules"][kind]
+                xs, ys, _ = zip(*sorted(d["curve"]))
+                ax.plot(xs, ys, style, marker=".", label=f"T={r['T']}, {kind} (t_min {d['rule']['t_min']})")
+                ax.plot([d["mean_timesteps"]], [d["top1"]], "k*", ms=10)
+            ax.axhline(r["rules"]["confidence"]["top1_full_T"], color="grey", lw=0.6)
+        ax.set_title(f"{model}: top-1 against mean timesteps as c varies")
+        ax.set_xlabel("mean timesteps per sample")
+        ax.set_ylabel("top-1 (%)")
+        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], 80))
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _table(results: list[dict], args) -> str:
+    lines = [
+        "# Adaptive timesteps: stop each input once its answer is clear",
+        "",
+        f"`python benchmarks/adaptive.py` ({common.machine()}, {results[0]['samples']} Fashion-MNIST test images, "
+        f"psi = 4, the bundled 512 calibration samples choose c and t_min with tolerance 0; "
+        f"wall time on the first {args.time_samples} images at batch 1, threads {args.threads or 'default'}, "
+        "each image run by both back to back; mean per image). Method: [docs/stream.md](../../docs/stream.md).",
+        "",
+        "| model | T | rule (c, t_min) | mean timesteps | top-1 adaptive | top-1 all T | difference (SE) | "
+        "agreement with ANN | spikes / sample | energy / sample | ms / sample, batch 1: adaptive vs SNN |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for kind, d in r["rules"].items():
+            rule = d["rule"]
+            lines.append(
+                f"| {r['model']} | {r['T']} | {kind} ({rule['c']:.4g}, {rule['t_min']}) | "
+                f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / r['T']:.2f} T) | {d['top1']:.2f} % | "
+                f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f}) | "
+                f"{d['agreement']:.2f} % vs {d['agreement_full_T']:.2f} % | {d['spikes'] / 1e3:.1f} k vs "
+                f"{d['spikes_full_T'] / 1e3:.1f} k | {d['energy_pj'] / 1e6:.1f} vs {d['energy_full_T_pj'] / 1e6:.1f} uJ | "
+                f"{d['ms_adaptive_batch1']:.2f} vs {d['ms_snn_batch1']:.2f} (x{d['time_ratio']:.2f}) |")
+    lines += ["", "Distribution of the exit steps (samples per step, confidence rule):", ""]
+    for r in results:
+        h = r["rules"]["confidence"]["timesteps"]
+        lines.append(f"- {r['model']} T={r['T']}: " + ", ".join(f"{k}: {v}" for k, v in h.items() if v))
+    lines += ["", "![top-1 against mean timesteps](adaptive.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = common.parser(__doc__, out="adaptive.md", models=("vgg_fmnist", "resnet20_fmnist"), threads=True,
+                       limit=None)
+    ap.add_argument("--T", type=common.int_list, default=[8, 16], help="timesteps, comma-separated (default 8,16)")
+    ap.add_argument("--time-samples", type=int, default=200, help="images timed at batch 1 (default 200)")
+    args = ap.parse_args()
+    x, labels = common.test_set("full", args.limit)
+    results = [measure(m, T, x, labels, args) for m in args.models for T in args.T]
+    common.write_json(args.out.with_suffix(".json"), results)
+    _plot(results, args.out.with_suffix(".png"))
+    common.write_text(args.out, _table(results, args))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
