@@ -31,9 +31,12 @@ MAX_SWEEP = 100
               help="SSC budgets to rebuild and evaluate (top-1 against spikes: table, r_sweep.png); '' skips.")
 @click.option("--eval-data", type=InputPath(exists=True, folder_ok=True),
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
+@click.option("--full-tables", is_flag=True,
+              help="Measure every cell of the tables (default: skip the cells no choice within the budgets, "
+                   "--r-sweep's included, can hold; search.json has null there).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet, **kw):
+def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, as_json, quiet, **kw):
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why (both unless
     --bsr or --ssc is given).
 
@@ -57,6 +60,8 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
       onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
           --T 4 --ssc --guard-data models/cache/fmnist_guard.npz --guard-samples 16384 \\
           --guard-tol 0.5 --out report_t4/
+      onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
+          --T 8 --psi 4 --workers 8 --out report/      # cells as Ray tasks on 8 CPUs
     """
     with cli_errors(model):
         from onnx2burst.config import ConvertConfig
@@ -76,6 +81,10 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
         snn_cfg = build_snn(kw)
         source, calib = build_calibration(kw)
         cfg = build_search(kw, default_both=True)
+        if full_tables:
+            import dataclasses
+
+            cfg = dataclasses.replace(cfg, prune=False)
         files = _outputs(out_dir, output, model, bool(cfg.ssc and rs), {
             "the calibration data (--calib)": source, "the SNN (--snn)": snn_path,
             "the guard data (--guard-data)": cfg.guard.data if cfg.guard else None,
@@ -96,7 +105,7 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, as_json, quiet
 
             snn = fold_back(load_model(snn_path))
             read_snn(snn)
-        res = S.tune(conv, data, cfg, snn=snn, progress=progress)
+        res = S.tune(conv, data, cfg, snn=snn, progress=progress, r_max=max(rs, default=None))
         sweep = None
         if cfg.ssc and rs:
             before, points = S.sweep_r(conv, data, res, rs, sweep_data, cfg, progress=progress)

@@ -1,0 +1,80 @@
+"""The search's cells as Ray tasks (--workers, docs/method.md §8): a local Ray instance of 2
+workers gives the in-process tables bit for bit and the same choices; a failing worker is one
+clear error."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnx2burst import search as S
+from onnx2burst.cli import main
+from onnx2burst.search.prune import Prune
+from snn_fixtures import ann_model, sample_data, snn_model
+
+ray = pytest.importorskip("ray")
+
+KW = dict(psis=(1, 2, 3), taus=(1.0, 1.5, 3.0), batch_size=16, threads=1)
+
+
+def test_two_workers_give_the_in_process_tables():
+    ann, snn = ann_model(), snn_model(T=4, psi=2)
+    x = sample_data(40, seed=7)
+    here = S.measure(ann, snn, x, **KW)
+    there = S.measure(ann, snn, x, workers=2, **KW)
+    assert not ray.is_initialized()  # the instance it started is gone
+    for a, b in ((here.psi, there.psi), (here.tau, there.tau)):
+        assert np.array_equal(a.kl, b.kl) and np.array_equal(a.S, b.S) and np.array_equal(a.spikes, b.spikes)
+    assert here.baseline_S == there.baseline_S
+
+
+def test_convert_with_two_workers_chooses_the_same(tmp_path):
+    onnx.save(ann_model(), tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(48, seed=2))
+    args = ["convert", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"), "--T", "4", "--psi", "2",
+            "--bsr", "--ssc", "--search-samples", "32", "--psi-max", "3", "--tau-grid", "1,1.25,1.5,2,3",
+            "--threads", "1", "-q"]
+    meta = []
+    for extra, out in (([], "here.onnx"), (["--workers", "2"], "there.onnx")):
+        res = CliRunner().invoke(main, args + extra + ["-o", str(tmp_path / out)])
+        assert res.exit_code == 0, res.output
+        props = {p.key: p.value for p in onnx.load(str(tmp_path / out)).metadata_props}
+        meta.append(json.loads(props["onnx2burst.search"]))
+    assert meta[0]["settings"] == meta[1]["settings"]
+    assert (tmp_path / "here.onnx").read_bytes() == (tmp_path / "there.onnx").read_bytes()
+
+
+def test_a_failing_worker_is_one_clear_error(tmp_path):
+    """Workers whose kernel library is not a library: the first task fails, the search stops
+    with one line naming the layer, and the tasks still queued are cancelled."""
+    from onnx2burst.ops import kernel_available
+    from onnx2burst.search.cluster import SearchWorkerError
+
+    if not kernel_available():
+        pytest.skip("the kernel library is not built")
+    bad = tmp_path / "libonnx2burst_ops.so"
+    bad.write_text("not a shared library\n")
+    ann, snn = ann_model(), snn_model(T=4, psi=2)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+             runtime_env={"env_vars": {"ONNX2BURST_OPS_LIBRARY": str(bad)}})
+    try:
+        with pytest.raises(SearchWorkerError) as e:
+            S.measure(ann, snn, sample_data(32, seed=1), kernel=True, workers=2, prune=Prune("tau", 1.0, 1.0), **KW)
+    finally:
+        ray.shutdown()
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("search worker failed on layer relu")
+    assert "libonnx2burst_ops.so" in msg or "library" in msg.lower()
+
+
+def test_workers_and_address_are_exclusive():
+    from onnx2burst.config import SearchConfig
+    from onnx2burst.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--workers"):
+        SearchConfig(bsr=True, workers=2, ray_address="127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="--workers"):
+        SearchConfig(bsr=True, workers=-1)
