@@ -190,3 +190,14 @@ def test_signed_neurons_are_refused_by_name(converted):
             continue
         with pytest.raises((GraphError, ConfigError), match="alpha"):
             export_stream(m)
+
+
+def test_a_portable_file_streams_like_its_snn(converted):
+    from onnx2burst.interop.portable import make_portable
+
+    _, _, snn, stream = converted
+    x = fm.inputs(snn, 3, seed=8)
+    T = StreamSession(stream).T
+    a, _ = _steps(stream, x, T)
+    b, _ = _steps(export_stream(make_portable(snn)), x, T)
+    assert np.array_equal(a.prediction()[0], b.prediction()[0])

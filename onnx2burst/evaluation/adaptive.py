@@ -168,7 +168,9 @@ def adaptive_evaluate(ann, snn, data, *, confidence: float | None = None, t_min:
     from .energy import ann_macs, energy_model
     from .evaluate import load_onnx
 
-    ann, snn = load_onnx(ann), load_onnx(snn)
+    from ..interop.portable import fold_back
+
+    ann, snn = load_onnx(ann), fold_back(load_onnx(snn))
     stored = ExitRule.from_metadata({p.key: p.value for p in snn.metadata_props})
     if stored is None and confidence is None:
         raise ConfigError("the SNN holds no exit rule (convert it with --adaptive) and no --exit-confidence was given")

@@ -122,16 +122,19 @@ def _declare_shapes(stream: onnx.ModelProto, info: dict) -> None:
 
 
 def export_stream(snn: onnx.ModelProto, *, check: bool = True) -> onnx.ModelProto:
-    """The streaming model of ``snn`` (a ModelProto ``onnx2burst convert`` wrote).
+    """The streaming model of ``snn`` (a ModelProto ``onnx2burst convert`` wrote, or its portable form).
 
     Its metadata keeps the SNN's ``onnx2burst.*`` keys and adds ``onnx2burst.stream``: T, the
     data inputs, per output its any-time prediction, its step value and its head, the
     spike-count output of each layer, and each state (name in, name out, kind, layer, shape
     per sample). check: compare with the SNN on a probe input (``GraphError`` on a difference).
     """
+    from ..interop.portable import fold_back
+
     if stream_info(snn) is not None:
         raise GraphError("the model is a streaming model already (made by export-stream); pass the SNN "
                          "`onnx2burst convert` wrote")
+    snn = fold_back(snn)  # a portable file: back to its BurstIF nodes
     stream, info = build_stream(snn, _neuron_ranks(snn))
     _state_shapes(snn, info)
     _declare_shapes(stream, info)
