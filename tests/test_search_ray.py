@@ -78,3 +78,28 @@ def test_workers_and_address_are_exclusive():
         SearchConfig(bsr=True, workers=2, ray_address="127.0.0.1:6379")
     with pytest.raises(ConfigError, match="--workers"):
         SearchConfig(bsr=True, workers=-1)
+
+
+def test_ctrl_c_cancels_the_tasks_and_writes_nothing(tmp_path):
+    """SIGINT while the Ray tasks of the sensitivity tables run: the command stops with its
+    one-line message, no output file, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.signals import signal_when
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "r20.snn.onnx"
+    exe = Path(sys.executable).with_name("onnx2burst")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from onnx2burst.cli import main; main()"]
+    p = subprocess.Popen(cmd + ["convert", str(root / "models/zoo/resnet20_fmnist.onnx"), "--calib",
+                                str(root / "models/data/fmnist_calib.npz"), "--calib-samples", "64", "--T", "4",
+                                "--ssc", "--search-samples", "64", "--workers", "2", "-o", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # the baseline pass is done; a few seconds later Ray has started and the cells run
+    rc, output = signal_when(p, "sensitivity baseline", signal.SIGINT, seconds=300, delay=12)
+    assert rc != 0 and "interrupted" in output and "Traceback" not in output
+    assert not out.exists() and list(tmp_path.iterdir()) == []

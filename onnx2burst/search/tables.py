@@ -258,7 +258,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     runner = _runner(sg, correction, metric, workers, address, timings)
     pos = 0
     n_evals = sum(len(v) for v in plan.values())
-    t_base = 0.0
+    t_base, ran, pruned = 0.0, 0, 0
     try:
         with progress.stage("sensitivity", len(batches) * (1 + n_evals)) as stage:
             for feeds, a_logits in zip(batches, ann_logits):
@@ -279,6 +279,8 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                         work.append((i, todo))
                 if skipped:
                     stage.advance(skipped, description="sensitivity (pruned)")
+                ran += sum(len(todo) for _, todo in work)
+                pruned += skipped
                 results = runner.run(env, a_logits, work, stage.advance)
                 del env
                 for (i, todo), res in zip(work, results):
@@ -292,6 +294,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     finally:
         runner.close()
     timings.update(baseline=t_base)
+    timings.update({"cells run": float(ran), "cells pruned": float(pruned)})  # (batch, layer, candidate) cells
     base_S = float(base_per.mean())
     base_spikes = base_spk / n
     dead = {k: pr.dead for k, pr in pruners.items()}
