@@ -201,3 +201,22 @@ def test_a_portable_file_streams_like_its_snn(converted):
     a, _ = _steps(stream, x, T)
     b, _ = _steps(export_stream(make_portable(snn)), x, T)
     assert np.array_equal(a.prediction()[0], b.prediction()[0])
+
+
+def test_torch_steps_agree_with_the_streaming_model(converted):
+    pytest.importorskip("torch")
+    from onnx2burst.stream import TorchStream
+
+    name, _, snn, stream = converted
+    if "logsoftmax" in name:
+        pytest.skip("onnx2burst.torch has no LogSoftmax (the SNN does not load either)")
+    x = fm.inputs(snn, 4, seed=6)
+    T = StreamSession(stream).T
+    ts = TorchStream(stream)
+    with pytest.raises(ConfigError, match="before reset"):
+        ts.step({"x": x})
+    ts.reset(4)
+    steps = [ts.step({"x": x})[0].numpy() for _ in range(T)]
+    s, want = _steps(stream, x, T)
+    np.testing.assert_allclose(np.stack(steps), np.stack(want), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ts.prediction()[0].numpy(), s.prediction()[0], rtol=1e-4, atol=1e-5)

@@ -281,12 +281,23 @@ def _op(node, a, xs):  # noqa: C901 - one branch per op
             raise NotImplementedError(f"node {node.name!r} (Pad): axes input not supported")
         tp = _pads_torch(pads)
         return [F.pad(x, tp, mode="constant", value=val) if mode == "constant" else F.pad(x, tp, mode=mode)]
+    if op == "Floor":  # the ops of a streaming model's neuron step (onnx2burst.stream)
+        return [torch.floor(x)]
+    if op == "Greater":
+        return [torch.gt(xs[0], xs[1])]
+    if op == "Where":
+        return [torch.where(xs[0], xs[1], xs[2])]
+    if op == "Min":
+        y = xs[0]
+        for other in xs[1:]:
+            y = torch.minimum(y, other)
+        return [y]
     raise NotImplementedError(f"node {node.name!r}: op {op!r} is not supported by onnx2burst.torch")
 
 
 SUPPORTED_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Relu Softmax Identity Flatten Reshape Transpose Tile
 ReduceMean ReduceSum AveragePool MaxPool GlobalAveragePool GlobalMaxPool Concat Shape Slice Gather Unsqueeze
-Squeeze Pad Constant BurstIF CumSum ArgMax GatherElements""".split())
+Squeeze Pad Constant BurstIF CumSum ArgMax GatherElements Floor Greater Where Min""".split())
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -305,7 +316,8 @@ class OnnxModule(torch.nn.Module):
         self.output_names = [o.name for o in g.output]
         self._cnames: Dict[str, str] = {}
         consts: Dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-        neurons = {n.index: n for n in read_snn(model, require=False).neurons}
+        streaming = any(p.key == "onnx2burst.stream" for p in model.metadata_props)  # standard ops only
+        neurons = {} if streaming else {n.index: n for n in read_snn(model, require=False).neurons}
         self.nodes = []  # (op_type, name, inputs, outputs, attrs, module key or None)
         self.burst = torch.nn.ModuleDict()
         errors = []
