@@ -103,3 +103,14 @@ def test_ctrl_c_cancels_the_tasks_and_writes_nothing(tmp_path):
     rc, output = signal_when(p, "sensitivity baseline", signal.SIGINT, seconds=300, delay=12)
     assert rc != 0 and "interrupted" in output and "Traceback" not in output
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra,words", [(["--workers", "-1"], "--workers"),
+                                         (["--workers", "2", "--ray-address", "127.0.0.1:1"], "--ray-address")])
+def test_bad_worker_options_are_one_line(tmp_path, extra, words):
+    onnx.save(ann_model(), tmp_path / "ann.onnx")
+    np.savez(tmp_path / "calib.npz", x=sample_data(8, seed=2))
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "ann.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                                    "--bsr", *extra, "-o", str(tmp_path / "out.onnx")])
+    assert res.exit_code != 0 and words in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out.onnx").exists()
