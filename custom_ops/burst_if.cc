@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -52,6 +53,9 @@ struct Job {
   int64_t T, N, C, K, P, M, tile, tiles_per_sample;
   int64_t B;        // channel block of the NCHWc layout, 1 for plain NCHW
   int64_t x_step;   // X's stride between timesteps: M, or 0 when X holds one step for all T
+  const float* theta_n = nullptr;  // signed neurons: per channel theta / alpha, 2 * offset, psi
+  const float* step_w = nullptr;
+  const float* psi_neg = nullptr;
 };
 
 // The input of one neuron at one step: X[t], or fl(X[t] + R[t]) -- exactly what a separate
@@ -294,12 +298,72 @@ int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float
   return total;
 }
 
+// The signed neuron (attribute alpha), neuron by neuron in the order of reference._signed:
+//   u1 = u + X[t] + offset; w1 = w + 2*offset
+//   sp = clip(floor(u1/theta), 0, psi); sn = clip(floor((w1 - u1)/theta_n), 0, psi_neg)
+//   u = (u1 - sp*theta) + sn*theta_n; Y[t] = sp*theta - sn*theta
+template <bool ADD>
+int32_t StepSigned(const float* __restrict xt, const float* __restrict rt, float* __restrict yt,
+                   float* __restrict u, float* __restrict w, const float* __restrict prm, int64_t len) {
+  const float* th = prm;
+  const float* off = prm + len;
+  const float* ps = prm + 2 * len;
+  const float* thn = prm + 3 * len;
+  const float* sw = prm + 4 * len;
+  const float* psn = prm + 5 * len;
+  int32_t count = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const float u1 = (u[i] + In<ADD>(xt, rt, i)) + off[i];
+    const float w1 = w[i] + sw[i];
+    float sp = std::floor(u1 / th[i]);
+    sp = sp > 0.f ? sp : 0.f;
+    sp = sp > ps[i] ? ps[i] : sp;
+    float sn = std::floor((w1 - u1) / thn[i]);
+    sn = sn > 0.f ? sn : 0.f;
+    sn = sn > psn[i] ? psn[i] : sn;
+    const float yp = sp * th[i];
+    u[i] = (u1 - yp) + sn * thn[i];
+    w[i] = w1;
+    yt[i] = yp - sn * th[i];
+    count += static_cast<int32_t>(sp) + static_cast<int32_t>(sn);
+  }
+  return count;
+}
+
+template <bool ADD>
+int64_t RunTileSigned(const Job& j, int64_t n, int64_t p0, int64_t p1) {
+  const int64_t len = p1 - p0;
+  std::vector<float> u(static_cast<size_t>(len), 0.f), w(static_cast<size_t>(len), 0.f);
+  std::vector<float> prm(static_cast<size_t>(6 * len));
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t p = p0 + i;
+    const int64_t c = j.B == 1 ? (p / j.K) % j.C : ((p / (j.K * j.B)) % (j.C / j.B)) * j.B + p % j.B;
+    prm[i] = j.theta[c];
+    prm[len + i] = j.offset[c];
+    prm[2 * len + i] = j.psi_c[c];
+    prm[3 * len + i] = j.theta_n[c];
+    prm[4 * len + i] = j.step_w[c];
+    prm[5 * len + i] = j.psi_neg[c];
+  }
+  const int64_t first = n * j.P + p0;
+  int64_t total = 0;
+  for (int64_t t = 0; t < j.T; ++t)
+    total += StepSigned<ADD>(j.x + t * j.x_step + first, ADD ? j.r + t * j.M + first : nullptr,
+                             j.y + t * j.M + first, u.data(), w.data(), prm.data(), len);
+  return total;
+}
+
 void RunTask(void* data, size_t task) {
   const Job& j = *static_cast<const Job*>(data);
   const int64_t n = static_cast<int64_t>(task) / j.tiles_per_sample;
   const int64_t q = static_cast<int64_t>(task) % j.tiles_per_sample;
   const int64_t p0 = q * j.tile;
   const int64_t p1 = std::min(p0 + j.tile, j.P);
+  if (j.theta_n) {
+    const int64_t total = j.r ? RunTileSigned<true>(j, n, p0, p1) : RunTileSigned<false>(j, n, p0, p1);
+    if (j.partial) j.partial[task] = total;
+    return;
+  }
   alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
   const int64_t total = j.r ? RunTile<true>(j, n, p0, p1, u, th, off, psi_n)
                             : RunTile<false>(j, n, p0, p1, u, th, off, psi_n);
@@ -351,7 +415,23 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
   }
   if (once != 0 && once != 1)
     return Fail(name, "attribute time_broadcast must be 0 or 1, got " + std::to_string(once));
-  *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name);
+  std::vector<float> alpha;
+  size_t na = 0;
+  if (OrtStatus* st = api.KernelInfoGetAttributeArray_float(info, "alpha", nullptr, &na)) {
+    api.ReleaseStatus(st);  // absent: no negative spikes
+    na = 0;
+  } else if (na > 0) {
+    alpha.resize(na);
+    if (OrtStatus* st2 = api.KernelInfoGetAttributeArray_float(info, "alpha", alpha.data(), &na)) {
+      api.ReleaseStatus(st2);
+      return Fail(name, "attribute alpha could not be read");
+    }
+    for (float a : alpha)
+      if (!(a >= 0.f) || !std::isfinite(a))
+        return Fail(name, "attribute alpha must hold finite values >= 0, got " + std::to_string(a));
+    if (std::none_of(alpha.begin(), alpha.end(), [](float a) { return a > 0.f; })) alpha.clear();
+  }
+  *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name, std::move(alpha));
   return nullptr;
 }
 
@@ -374,6 +454,20 @@ std::shared_ptr<const BurstIFKernel::Params> BurstIFKernel::GetParams(const floa
     p->psi_c[c] = th > 0.f ? static_cast<float>(psi_) : 0.f;
     p->theta[c] = th > 0.f ? th : 1.f;
     p->offset[c] = p->theta[c] / static_cast<float>(2 * T_);
+  }
+  if (!alpha_.empty()) {
+    p->theta_n.resize(C);
+    p->step_w.resize(C);
+    p->psi_n.resize(C);
+    const bool one = alpha_.size() == 1;
+    for (int64_t c = 0; c < C; ++c) {
+      const float a = alpha_[one ? 0 : c];
+      const float thn = p->theta[c] / (a > 0.f ? a : 1.f);
+      const bool neg = p->psi_c[c] > 0.f && a > 0.f && thn <= std::numeric_limits<float>::max();
+      p->theta_n[c] = neg ? thn : 1.f;
+      p->psi_n[c] = neg ? static_cast<float>(psi_) : 0.f;
+      p->step_w[c] = p->offset[c] + p->offset[c];
+    }
   }
   params_ = p;
   return params_;
@@ -404,6 +498,9 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     const int64_t nv = static_cast<int64_t>(vinfo.GetElementCount());
     if (nv != 1 && nv != C)
       return Fail(name_, "vth has " + std::to_string(nv) + " values; X " + ShapeStr(shape) +
+                             " has C=" + std::to_string(C) + " channels (need 1 or C)");
+    if (!alpha_.empty() && alpha_.size() != 1 && static_cast<int64_t>(alpha_.size()) != C)
+      return Fail(name_, "attribute alpha has " + std::to_string(alpha_.size()) + " values; X " + ShapeStr(shape) +
                              " has C=" + std::to_string(C) + " channels (need 1 or C)");
     if (block_ > 1 && C % block_ != 0)
       return Fail(name_, "X " + ShapeStr(shape) + " has C=" + std::to_string(C) +
@@ -452,6 +549,11 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.M = N * job.P;
     job.B = block_;
     job.x_step = once_ ? 0 : job.M;
+    if (!prm->theta_n.empty()) {
+      job.theta_n = prm->theta_n.data();
+      job.step_w = prm->step_w.data();
+      job.psi_neg = prm->psi_n.data();
+    }
     // Equal tiles of at most kTile neurons, each a multiple of 64 (whole NCHWc blocks), so
     // that no thread is left with a short remainder tile.
     job.tiles_per_sample = (job.P + kTile - 1) / kTile;

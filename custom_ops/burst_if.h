@@ -8,6 +8,8 @@
 // same rewrite: an optional third input R (X's shape; the neuron integrates fl(X + R), what a
 // separate Add feeding it computes) and attribute time_broadcast = 1 (X is one step [N, C, ...]
 // fed at every t, Y is [T*N, C, ...]; what a Tile over the batch feeding it computes).
+// Optional attribute alpha (floats >= 0, 1 or C values): the signed neuron of LeakyReLU/PReLU
+// (negative spikes at threshold theta / alpha, worth -theta); absent or all 0: the ReLU neuron.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -26,14 +28,18 @@ inline constexpr const char* kDomain = "onnx2burst";
 inline constexpr const char* kOpType = "BurstIF";
 
 struct BurstIFKernel {
-  BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, bool once, std::string name)
-      : T_(T), psi_(psi), tau_(tau), block_(block), once_(once), name_(std::move(name)) {}
+  BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, bool once, std::string name,
+                std::vector<float> alpha = {})
+      : T_(T), psi_(psi), tau_(tau), block_(block), once_(once), name_(std::move(name)), alpha_(std::move(alpha)) {}
   // Checks every shape and type before touching memory; errors come back as OrtStatus.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
   struct Params {  // per channel, for one vth: theta = tau * vth (1 where <= 0), theta / (2T), psi (0 there)
     int64_t C = 0;
     std::vector<float> vth, theta, offset, psi_c;
+    // signed neurons only (attribute alpha): theta_n = theta / alpha (1 where no negative
+    // spikes), the per-step growth 2 * offset of w, psi (0 where no negative spikes)
+    std::vector<float> theta_n, step_w, psi_n;
   };
 
  private:
@@ -44,6 +50,7 @@ struct BurstIFKernel {
   int64_t block_;
   bool once_;  // time_broadcast: X holds one step for all T
   std::string name_;
+  std::vector<float> alpha_;  // empty: no negative spikes (a ReLU neuron)
   std::mutex mu_;
   std::shared_ptr<const Params> params_;
 };

@@ -1,7 +1,7 @@
 """Train the YOLO-style detectors of the zoo on multi-object Fashion-MNIST and export them.
 
-    python -m models.train --arch detector --epochs 6              # ReLU  -> det_fmnist.onnx
-    python -m models.train --arch detector --act leaky --epochs 6  # LeakyReLU(0.1) -> det_leaky_fmnist.onnx
+    python -m models.train --arch detector --epochs 12 --det-train 10000 --lr 0.004 --threads 1
+    python -m models.train --arch detector --act leaky --epochs 12 --det-train 10000 --lr 0.004 --threads 1
 
 (``models.train`` hands ``--arch detector`` to :func:`main` here.) Canvases come from
 ``models/detect_data.py``: each epoch draws fresh training canvases from the Fashion-MNIST

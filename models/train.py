@@ -5,7 +5,7 @@ Example:
     python -m models.train --arch vgg --pool max --dataset fmnist --epochs 12
     python -m models.train --arch resnet20 --dataset fmnist --epochs 15
     python -m models.train --arch resnet18 --dataset fmnist-dvs --epochs 5 --threads 1
-    python -m models.train --arch detector --act leaky --epochs 6 --lr 0.004 --wd 0.0005
+    python -m models.train --arch detector --act leaky --epochs 12 --det-train 10000 --lr 0.004 --threads 1
 
 Writes ``<out>/<name>.onnx`` (opset 17, input ``input`` [N,1,28,28], or the
 [N,18,34,34] voxel grids for fmnist-dvs, with a dynamic batch axis, output ``logits`` [N,10]) and ``<out>/<name>.json`` (the recipe and the

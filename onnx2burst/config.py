@@ -201,7 +201,8 @@ class ConvertConfig:
     overriding psi/tau for that neuron only. maxpool: "lateral", "spikes" or "avg" (§3).
     per_timestep_output: add a second output ``<name>_per_timestep`` ``[T, N, K]``.
     bias_calibration: run §5 after the thresholds. allow_inexact: convert even when ops
-    between neurons cannot be converted exactly (§3).
+    between neurons cannot be converted exactly (§3). signed: LeakyRelu/PRelu become signed
+    neurons (§2); False converts them as ReLU neurons, an inexact conversion.
     """
 
     T: int = 8
@@ -211,6 +212,7 @@ class ConvertConfig:
     per_timestep_output: bool = False
     bias_calibration: bool = True
     allow_inexact: bool = False
+    signed: bool = True
     thresholds: ThresholdConfig = field(default_factory=ThresholdConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     layers: Mapping[str, LayerConfig] = field(default_factory=dict)

@@ -134,7 +134,7 @@ class Converter:
             self.source_sha256 = file_sha256(self.source_path)
         _check_interface(self.source, str(self.source_path or "the model"))
         self.canonical: Canonical = canonicalize(self.source, maxpool=self.config.maxpool)
-        self.analysis: Analysis = analyze(self.canonical, self.config.maxpool)
+        self.analysis: Analysis = analyze(self.canonical, self.config.maxpool, signed=self.config.signed)
         a = self.analysis
         self.batch_note = self.plan_batch(self.canonical.model, str(self.source_path or "the model"),
                                           info=self.canonical.info, keep=[n.output for n in a.neurons])

@@ -48,9 +48,10 @@ class Neuron:
 
         u += X[t] + theta / (2T);  s = clip(floor(u / theta), 0, psi);  u -= s * theta;  Y[t] = s * theta
 
-    ``vth`` is the threshold per channel (float32) when the file stores it as an initializer,
-    else None. ``spikes`` is the name of the per-sample spike count output ("" when the node
-    does not declare it). ``index`` is the node's position in ``graph.node``.
+    ``alpha`` is the negative slope of a signed neuron (attribute alpha, float32 ``[1]`` or
+    ``[C]``; §2), None for a ReLU neuron. ``vth`` is the threshold per channel (float32) when
+    the file stores it as an initializer, else None. ``spikes`` is the name of the per-sample
+    spike count output ("" when the node does not declare it). ``index`` is the node's position in ``graph.node``.
     """
 
     name: str
@@ -64,6 +65,12 @@ class Neuron:
     psi: int
     tau: float
     vth: np.ndarray | None = field(default=None, repr=False)
+    alpha: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def signed(self) -> bool:
+        """Whether the neuron fires negative spikes (some alpha > 0)."""
+        return self.alpha is not None and bool((self.alpha > 0).any())
 
     @property
     def theta(self) -> np.ndarray:
@@ -115,7 +122,7 @@ def _int(value, what: str, lo: int = 1) -> int:
 
 #: what a BurstIF node in a file may carry; the kernel's extras (``channel_block``,
 #: ``time_broadcast``, a third input) exist only in sessions ``ops.make_session`` builds.
-FILE_ATTRIBUTES = ("T", "psi", "tau")
+FILE_ATTRIBUTES = ("T", "psi", "tau", "alpha")
 
 
 def read_snn(model: onnx.ModelProto, *, require: bool = True, require_vth: bool = False) -> SNN:
@@ -146,9 +153,12 @@ def read_snn(model: onnx.ModelProto, *, require: bool = True, require_vth: bool 
             raise ConfigError(f"BurstIF {name}: vth {n.input[1] if len(n.input) > 1 else ''!r} is not an initializer")
         psi = _int(attr(n, "psi"), f"BurstIF {name}: psi")
         tau = float(attr(n, "tau", 1.0))
+        alpha = next((np.asarray(a.floats, np.float32) for a in n.attribute if a.name == "alpha"), None)
+        if alpha is not None and not (alpha.size and np.isfinite(alpha).all() and (alpha >= 0).all()):
+            raise ConfigError(f"BurstIF {name}: alpha must be finite values >= 0, got {alpha.tolist()}")
         neurons.append(Neuron(name, n, index, n.input[0], n.input[1] if len(n.input) > 1 else "", n.output[0],
                               n.output[1] if len(n.output) > 1 else "", _int(attr(n, "T"), f"BurstIF {name}: T"),
-                              psi, tau, vth))
+                              psi, tau, vth, alpha))
     if require and not neurons:
         raise ConfigError("the model has no BurstIF layer: pass the SNN made by `onnx2burst convert`")
     names = [n.name for n in neurons]

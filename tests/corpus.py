@@ -970,6 +970,9 @@ CLAIMS = {
 FAMILIES = [
     ("ReLU neurons", ("Relu", "Clip"), "neuron", "default",
      "Clip only with a constant min 0 (ReLU6: max kept by the threshold cap)"),
+    ("Signed neurons", ("LeakyRelu", "PRelu"), "neuron", "default",
+     "negative spikes at threshold theta/slope (§2); PRelu: one constant slope >= 0 or one per channel; "
+     "--no-signed converts them as ReLU neurons (inexact)"),
     ("Convolution and dense layers", ("Conv", "ConvTranspose", "Gemm"), "exact", "default",
      "MatMul+Add with a constant weight becomes Gemm"),
     ("Products with a constant", ("Mul", "Div", "MatMul", "Einsum"), "exact", "default",
@@ -991,10 +994,13 @@ FAMILIES = [
      "default --maxpool lateral; --maxpool spikes: MaxPool per timestep on spike maps (max of spikes is not the "
      "max of rates; exports to NIR with --lossy); --maxpool avg swaps in AveragePool (changes the ANN)"),
     ("Classifier heads at the output", ("Softmax", "LogSoftmax", "ArgMax"), "after the mean", "tail", ""),
+    ("Ops after the last neuron", ("Sigmoid", "Tanh", "Exp", "Log", "Softplus", "(not in the registry)"),
+     "after the mean", "after last neuron",
+     "e.g. a detector's box decoding: runs once, analog, on the mean over T of the spiking tensors it reads"),
     ("Heads between layers", ("Softmax", "LogSoftmax", "ArgMax"), "refused", "between", ""),
     ("Products of two spiking tensors", ("Mul", "Div", "MatMul", "Einsum"), "refused", "two spiking",
      "e.g. squeeze-excitation gates"),
-    ("Non-ReLU activations", ("Sigmoid", "Tanh", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Gelu", "HardSigmoid",
+    ("Non-ReLU activations", ("Sigmoid", "Tanh", "Elu", "Selu", "Celu", "Gelu", "HardSigmoid",
                               "HardSwish", "Softplus", "Softsign", "Mish", "Erf", "ThresholdedRelu", "Shrink"),
      "refused", "default", ""),
     ("Normalisation by data statistics", ("LRN", "LayerNormalization", "InstanceNormalization",

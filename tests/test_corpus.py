@@ -248,19 +248,24 @@ _KINDS = {"neuron": {"neuron"}, "exact": {"linear", "shape"}, "per timestep": {"
 
 class _Ctx:
     """A registry context: input ``a`` carries spikes (``b`` too in "two spiking"), ``lo``/``hi``
-    are the constants 0 and 6, the node only feeds the outputs in "tail"."""
+    are the constants 0 and 6 (``b`` is 0.25, PRelu's slope), the node only feeds the outputs in
+    "tail", no neuron comes after it in "tail" and "after last neuron"."""
 
     def __init__(self, how: str):
         self.how = how
 
     def const(self, name):
-        return {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}.get(name)
+        return {"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32),
+                "b": np.array([0.25], np.float32)}.get(name)  # b: PRelu's slope
 
     def temporal(self, name):
         return name == "a" or (self.how == "two spiking" and name == "b")
 
     def only_feeds_outputs(self, node):
         return self.how == "tail"
+
+    def after_last_neuron(self, node):
+        return self.how in ("tail", "after last neuron")
 
 
 def _mark(op: str, how: str):

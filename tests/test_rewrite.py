@@ -35,7 +35,7 @@ def test_gemm_bias_targets_and_beta():
     assert t["relu1"].node == "fc1" and t["relu1"].scale == 0.5
 
 
-@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "LeakyRelu", "LRN", "Softmax"])
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh", "Elu", "LRN", "Softmax"])
 def test_inexact_ops_named(op):
     m = fm.with_op_between(op)
     if op == "LRN":

@@ -36,6 +36,8 @@ def inspect(model, maxpool):
             t.add_column(col, overflow="fold")
         for k, n in enumerate(a.neurons):
             op = n.op_type + (f" (max {n.clip_max:g})" if n.clip_max is not None else "")
+            if n.alpha is not None:
+                op += f" (signed, slope {n.alpha[0]:g})" if len(n.alpha) == 1 else f" (signed, {len(n.alpha)} slopes)"
             t.add_row(str(k), n.name, "BurstIF", op,
                       str(n.channels) + ("" if n.per_channel else " (one threshold)") if n.channels else "?",
                       n.layer or "[yellow]none found[/]")
@@ -48,6 +50,8 @@ def inspect(model, maxpool):
                 t.add_row("", name, "per timestep", "MaxPool", "", "max of spike maps, not of rates")
         for name in a.output_tail:
             t.add_row("", name, "after mean", "", "", "moved after the mean over T")
+        for name in a.analog_tail:
+            t.add_row("", name, "after mean", "", "", "after the last neuron: runs once on the mean over T")
         for i in a.inexact:
             t.add_row("", i.node, "[red]not exact[/]", i.op_type, "", i.reason)
         for i in a.shape_issues + a.unsupported:

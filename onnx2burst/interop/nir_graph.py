@@ -29,6 +29,10 @@ class _Builder(_LayerMapper):
         self.g = model.graph
         self.lossy = lossy
         self.snn = read_snn(model, require=False)
+        signed = [n.name for n in self.snn.neurons if n.signed]
+        if signed:  # NIR's IF/CubaLIF have no negative spikes at another threshold
+            raise GraphError(f"NIR has no neuron with negative spikes: signed BurstIF layer(s) {', '.join(signed)} "
+                             "(attribute alpha, from LeakyReLU/PReLU) cannot be exported")
         self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in self.g.initializer}
         for n in self.g.node:
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):

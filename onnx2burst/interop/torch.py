@@ -340,6 +340,10 @@ class OnnxModule(torch.nn.Module):
             key = None
             if k in neurons:
                 nrn = neurons[k]
+                if nrn.signed:
+                    errors.append(f"node {node.name!r}: a signed BurstIF (attribute alpha, LeakyReLU/PReLU) is not "
+                                  "supported by onnx2burst.torch")
+                    continue
                 key = f"b{k}"
                 self.burst[key] = BurstIF(nrn.T, nrn.psi, nrn.tau)
             elif node.domain not in ("", "ai.onnx") or node.op_type not in SUPPORTED_OPS:

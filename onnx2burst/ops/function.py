@@ -70,8 +70,58 @@ def _step_body() -> onnx.GraphProto:
     return helper.make_graph(nodes, "burst_if_step", inputs, outputs)
 
 
-def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
-    """The BurstIF FunctionProto, written against default-domain ``opset`` (>= 13)."""
+def _signed_step_body() -> onnx.GraphProto:
+    """One timestep of the signed neuron (``reference._signed``): the states of ``_step_body``
+    plus w (``[1, C, 1]``, accumulates ``2 * offset``), and step_w, theta_n, neg passing through."""
+    n = helper.make_node
+    nodes = [
+        _const("zero", 0.0),
+        _const("ax12", [1, 2], _I),
+        n("Add", ["u_in", "x_t"], ["ux"]),
+        n("Add", ["ux", "offset_in"], ["u1"]),                 # u = u + X[t] + theta/(2T)
+        n("Add", ["w_in", "stepw_in"], ["w1"]),                # w = w + (offset + offset)
+        n("Div", ["u1", "theta_in"], ["q"]),
+        n("Floor", ["q"], ["fq"]),
+        n("Greater", ["fq", "zero"], ["pos"]),
+        n("Where", ["pos", "fq", "zero"], ["lo"]),
+        n("Greater", ["lo", "psi_in"], ["big"]),
+        n("Where", ["big", "psi_in", "lo"], ["sc"]),
+        n("Where", ["fires_in", "sc", "zero"], ["s"]),
+        n("Sub", ["w1", "u1"], ["d"]),                         # negative side: (w - u) / theta_n
+        n("Div", ["d", "thetan_in"], ["qn"]),
+        n("Floor", ["qn"], ["fqn"]),
+        n("Greater", ["fqn", "zero"], ["posn"]),
+        n("Where", ["posn", "fqn", "zero"], ["lon"]),
+        n("Greater", ["lon", "psi_in"], ["bign"]),
+        n("Where", ["bign", "psi_in", "lon"], ["scn"]),
+        n("Where", ["neg_in", "scn", "zero"], ["sn"]),
+        n("Mul", ["s", "theta_in"], ["yp"]),
+        n("Sub", ["u1", "yp"], ["un"]),
+        n("Mul", ["sn", "thetan_in"], ["rn"]),
+        n("Add", ["un", "rn"], ["u_out"]),                     # u = (u - sp*theta) + sn*theta_n
+        n("Mul", ["sn", "theta_in"], ["yn"]),
+        n("Sub", ["yp", "yn"], ["y_t"]),                       # Y = sp*theta - sn*theta
+        n("Add", ["s", "sn"], ["both"]),
+        n("ReduceSum", ["both", "ax12"], ["cnt"], keepdims=0),
+        n("Add", ["spk_in", "cnt"], ["spk_out"]),
+        n("Identity", ["w1"], ["w_out"]),
+    ] + [n("Identity", [f"{k}_in"], [f"{k}_out"]) for k in ("theta", "offset", "psi", "fires", "stepw", "thetan", "neg")]
+    vi = helper.make_tensor_value_info
+    step, chan = ["N", "C", "K"], ["c0", "c1", "c2"]
+    states = [("u", _F, step), ("spk", _F, ["N"]), ("theta", _F, chan), ("offset", _F, chan),
+              ("psi", _F, []), ("fires", TensorProto.BOOL, chan), ("w", _F, chan), ("stepw", _F, chan),
+              ("thetan", _F, chan), ("neg", TensorProto.BOOL, chan)]
+    inputs = [vi(f"{s}_in", t, d) for s, t, d in states] + [vi("x_t", _F, step)]
+    outputs = [vi(f"{s}_out", t, d) for s, t, d in states] + [vi("y_t", _F, step)]
+    return helper.make_graph(nodes, "burst_if_signed_step", inputs, outputs)
+
+
+def make_function(opset: int = MIN_OPSET, signed: bool = False) -> onnx.FunctionProto:
+    """The BurstIF FunctionProto, written against default-domain ``opset`` (>= 13).
+
+    ``signed``: the body that also reads attribute ``alpha`` (default ``[0.0]``) and fires
+    negative spikes (``reference._signed``); it gives the same bits as the plain body where
+    alpha is 0. Files whose neurons carry no alpha get the plain body."""
     if opset < MIN_OPSET:
         raise ValueError(f"the BurstIF fallback needs opset >= {MIN_OPSET}, got {opset}")
     n = helper.make_node
@@ -111,14 +161,45 @@ def make_function(opset: int = MIN_OPSET) -> onnx.FunctionProto:
         n("Div", ["theta", "twoT_f"], ["offset"]),              # theta / (2T)
         n("ConstantOfShape", ["stepshape"], ["u0"], value=helper.make_tensor("v", _F, [1], [0.0])),
         n("ConstantOfShape", ["N1"], ["spk0"], value=helper.make_tensor("v", _F, [1], [0.0])),
-        n("Scan", ["u0", "spk0", "theta", "offset", "psi_f", "fires", "Xt"],
-          ["u_T", "spikes", "theta_T", "offset_T", "psi_T", "fires_T", "Yt"],
-          num_scan_inputs=1, body=_step_body()),
+    ]
+    if not signed:
+        nodes += [
+            n("Scan", ["u0", "spk0", "theta", "offset", "psi_f", "fires", "Xt"],
+              ["u_T", "spikes", "theta_T", "offset_T", "psi_T", "fires_T", "Yt"],
+              num_scan_inputs=1, body=_step_body()),
+            n("Reshape", ["Yt", "shp"], ["Y"], **zero),
+        ]
+        return helper.make_function(
+            DOMAIN, OP_TYPE, ["X", "vth"], ["Y", "spikes"], nodes,
+            opset_imports=[helper.make_opsetid("", opset)],
+            attributes=["T", "psi"],
+            attribute_protos=[helper.make_attribute("tau", 1.0)],
+        )
+    alpha = helper.make_node("Constant", [], ["alpha_f"])
+    alpha.attribute.append(onnx.AttributeProto(name="value_floats", ref_attr_name="alpha",
+                                               type=onnx.AttributeProto.FLOATS))
+    nodes += [
+        alpha,
+        _const("fmax", 3.4028234663852886e38),
+        n("Reshape", ["alpha_f", "bshape"], ["alpha_b"]),
+        n("Greater", ["alpha_b", "zero_f"], ["apos"]),
+        n("Where", ["apos", "alpha_b", "one_f"], ["asafe"]),
+        n("Div", ["theta", "asafe"], ["thn_raw"]),             # theta_n = theta / alpha
+        n("Greater", ["thn_raw", "fmax"], ["huge"]),
+        n("Not", ["huge"], ["finite"]),
+        n("And", ["fires", "apos"], ["neg0"]),
+        n("And", ["neg0", "finite"], ["neg"]),
+        n("Where", ["neg", "thn_raw", "one_f"], ["thetan"]),
+        n("Add", ["offset", "offset"], ["stepw"]),
+        n("Sub", ["stepw", "stepw"], ["w0"]),
+        n("Scan", ["u0", "spk0", "theta", "offset", "psi_f", "fires", "w0", "stepw", "thetan", "neg", "Xt"],
+          ["u_T", "spikes", "theta_T", "offset_T", "psi_T", "fires_T", "w_T", "stepw_T", "thetan_T", "neg_T", "Yt"],
+          num_scan_inputs=1, body=_signed_step_body()),
         n("Reshape", ["Yt", "shp"], ["Y"], **zero),
     ]
     return helper.make_function(
         DOMAIN, OP_TYPE, ["X", "vth"], ["Y", "spikes"], nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["T", "psi"],
-        attribute_protos=[helper.make_attribute("tau", 1.0)],
+        attribute_protos=[helper.make_attribute("tau", 1.0), helper.make_attribute("alpha", [0.0])],
     )

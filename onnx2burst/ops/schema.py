@@ -6,4 +6,5 @@ MIN_OPSET = 13  # the fallback body uses ReduceSum/Reshape/Clip forms of opset 1
 
 INPUTS = ("X", "vth")
 OUTPUTS = ("Y", "spikes")
-ATTRIBUTES = {"T": "int >= 1", "psi": "int >= 1", "tau": "float > 0 (default 1.0)"}
+ATTRIBUTES = {"T": "int >= 1", "psi": "int >= 1", "tau": "float > 0 (default 1.0)",
+              "alpha": "floats >= 0, 1 or C values (default: absent = 0, no negative spikes)"}

@@ -3,6 +3,9 @@
 ``analyze(canonical)`` finds the neurons (in topological order), where time starts (the
 tensors that get the Tile), the layers that stay analog, MaxPools, the trailing ops moved
 after the mean, and every op between neurons that cannot be converted exactly (§3).
+The *analog tail* is every node after the last neuron that is not linear (a detector's
+Sigmoid/Exp decoding, a product of two spiking tensors, an unknown op) and everything that
+reads it: it runs once, on the mean over T of the spiking tensors it reads (``tail_inputs``).
 It also finds, for each neuron, the layer whose bias the bias calibration corrects (§5):
 the Conv/Gemm producing its input, or for a residual sum the one on the main branch (the
 operand with the longest path of layers from the input, i.e. not the shortcut).
@@ -20,6 +23,7 @@ from .registry import Kind, Mark, classify
 __all__ = ["BiasTarget", "Neuron", "OpIssue", "Analysis", "analyze"]
 
 _LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_NEURON_OPS = ("Relu", "Clip", "LeakyRelu", "PRelu")
 _NO_DATA = ("Shape", "Size")
 _OUTPUT_TAIL_OPS = ("Softmax", "LogSoftmax", "ArgMax")
 # shape-only ops that may follow a head at the output (an opset upgrade wraps a 4-D Softmax in
@@ -57,6 +61,7 @@ class Neuron:
     clip_max: float | None
     layer: str | None
     bias: BiasTarget | None
+    alpha: tuple | None = None      # signed neuron (LeakyRelu/PRelu): negative slope, 1 or C values
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Analysis:
     shape_issues: list[OpIssue] = field(default_factory=list)
     unsupported: list[OpIssue] = field(default_factory=list)   # never converted (If/Loop/Scan on spikes)
     maxpool: str = "lateral"                        # how the SNN pools (§3): "lateral" or "spikes"
+    analog_tail: list[str] = field(default_factory=list)   # nodes after the last neuron run on the mean over T
+    tail_inputs: list[str] = field(default_factory=list)   # spiking tensors the analog tail reads (get a mean)
 
     def neuron(self, name: str) -> Neuron:
         for n in self.neurons:
@@ -94,8 +101,11 @@ class Analysis:
 
 
 class _Ctx:
-    def __init__(self, idx: GraphIndex, temporal: set[str]):
-        self.idx, self._temporal = idx, temporal
+    def __init__(self, idx: GraphIndex, temporal: set[str], feeds_neuron: set[str] | None = None):
+        self.idx, self._temporal, self._feeds = idx, temporal, feeds_neuron
+
+    def after_last_neuron(self, node):
+        return self._feeds is not None and node.name not in self._feeds
 
     def const(self, name):
         return self.idx.const(name)
@@ -176,8 +186,11 @@ def _subgraph_reason(node) -> str | None:
             f"run per timestep{inside}")
 
 
-def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
-    """Analyse the canonical ANN (see the module docstring); ``maxpool`` only words the note."""
+def analyze(canonical: Canonical, maxpool: str = "lateral", signed: bool = True) -> Analysis:
+    """Analyse the canonical ANN (see the module docstring); ``maxpool`` only words the note.
+
+    signed: LeakyRelu/PRelu become signed neurons (alpha); False makes them ReLU neurons that
+    drop the negative slope, each listed as inexact (what the signed neuron buys)."""
     model = canonical.model
     idx = GraphIndex(model.graph)
     info = canonical.info
@@ -197,7 +210,7 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
     neuron_marks = {}
     plain_ctx = _Ctx(idx, set())
     for node in nodes:
-        if node.op_type in ("Relu", "Clip") and node.domain in ("", "ai.onnx") and node.input[0] in data:
+        if node.op_type in _NEURON_OPS and node.domain in ("", "ai.onnx") and node.input[0] in data:
             m = classify(node, plain_ctx)
             if m.kind is Kind.NEURON:
                 neuron_marks[node.name] = m
@@ -207,8 +220,20 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
                                               any(i in temporal for i in inputs[id(node)])):
             temporal.update(o for o in node.output if o)
 
+    # nodes some neuron reads from, directly or further on (the rest is after the last neuron)
+    producer = {o: node for node in nodes for o in node.output if o}
+    feeds: set[str] = set()
+    todo = [i for node in nodes if node.name in neuron_marks for i in inputs[id(node)]]
+    while todo:
+        p = producer.get(todo.pop())
+        if p is not None and p.name not in feeds:
+            feeds.add(p.name)
+            todo.extend(inputs[id(p)])
+    feeds.update(neuron_marks)
+
     # 3. marks of the spiking part; expansion points; shape paths from before the expansion
-    ctx = _Ctx(idx, temporal)
+    ctx = _Ctx(idx, temporal, feeds)
+    analog_tail, tail_inputs, atail_out = [], [], set()
     marks: dict[str, Mark] = {}
     inexact, maxpools, tail, expansion, shape_issues, unsupported = [], [], [], [], [], []
     tail_out: set[str] = set()
@@ -225,6 +250,13 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
         m = neuron_marks.get(node.name) or classify(node, ctx)
         marks[node.name] = m
         why = _subgraph_reason(node)
+        reads_tail = any(i in atail_out for i in ins)
+        chain = m.kind is Kind.OUTPUT and node.op_type in _OUTPUT_TAIL_OPS and ctx.only_feeds_outputs(node)
+        if not why and node.name not in feeds and (reads_tail or (m.kind is Kind.OUTPUT and not chain)):
+            analog_tail.append(node.name)
+            atail_out.update(o for o in node.output if o)
+            tail_inputs += [i for i in ins if i in temporal and i not in atail_out and i not in tail_inputs]
+            continue
         if why:
             unsupported.append(OpIssue(node.name, node.op_type, why))
         elif m.kind is Kind.INEXACT:
@@ -253,8 +285,19 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
         ch = dims[1] if dims is not None and rank >= 2 and isinstance(dims[1], int) else None
         target = _bias_target(idx, node.input[0], depth)
         per_channel = ch is not None and (target is None or target.axis == 1)
+        alpha = m.alpha
+        if alpha is not None and not signed:
+            inexact.append(OpIssue(node.name, node.op_type, f"converted as a ReLU neuron (--no-signed): its negative "
+                                   f"slope {', '.join(f'{a:g}' for a in alpha[:4])} is dropped"))
+            alpha = None
+        elif m.alpha_shape is not None:
+            alpha = _channel_slope(m, rank, ch)
+            if alpha is None:
+                inexact.append(OpIssue(node.name, node.op_type, f"its slope of shape {list(m.alpha_shape)} does not run "
+                                       f"along the channel axis of its input (rank {rank}, {ch} channels)"))
+                continue
         neurons.append(Neuron(node.name, node.op_type, node.input[0], node.output[0], rank, ch,
-                              per_channel, m.clip_max, target.node if target else None, target))
+                              per_channel, m.clip_max, target.node if target else None, target, alpha))
     targets = {n.layer for n in neurons if n.layer}
     analog = [(n.name, n.op_type) for n in nodes if n.op_type in _LAYERS and n.name not in targets
               and not any(t == n.name for t in targets)]
@@ -269,11 +312,28 @@ def analyze(canonical: Canonical, maxpool: str = "lateral") -> Analysis:
                 if p is not None and p.op_type == "MatMul":
                     behind.add(p.name)
         analog = [(n, op) for n, op in analog if n not in behind]
+    temporal -= atail_out  # the analog tail runs once per sample on the means, not on the time-folded batch
     notes = list(canonical.notes)
+    if analog_tail:
+        notes.append(f"{len(analog_tail)} node(s) after the last neuron run once on the mean over T (analog): "
+                     + ", ".join(analog_tail[:6]) + (", ..." if len(analog_tail) > 6 else ""))
     if maxpools:
         notes.append(f"{len(maxpools)} MaxPool node(s) " + ("pool by lateral inhibition (the input with the most "
                      "spikes so far wins)" if maxpool == "lateral" else "run per timestep on spikes"))
     return Analysis(neurons=neurons, analog_layers=analog, inexact=inexact, maxpools=maxpools,
                     output_tail=tail, expansion=expansion, temporal=temporal, marks=marks,
                     opset=canonical.opset, notes=notes, shape_issues=shape_issues, unsupported=unsupported,
-                    maxpool="lateral" if maxpool == "lateral" else "spikes")
+                    maxpool="lateral" if maxpool == "lateral" else "spikes", analog_tail=analog_tail,
+                    tail_inputs=tail_inputs)
+
+
+def _channel_slope(m, rank: int | None, channels: int | None) -> tuple | None:
+    """A PRelu slope (numpy-broadcast against the input, aligned right) as per-channel values, or
+    None when it varies along another axis than 1 or the input's rank/channels are unknown."""
+    shape = m.alpha_shape
+    if rank is None or channels is None or len(shape) > rank:
+        return None
+    k = 1 - (rank - len(shape))  # the slope's axis that lines up with the input's axis 1
+    if k < 0 or any(d != 1 for j, d in enumerate(shape) if j != k) or shape[k] != channels:
+        return None
+    return tuple(m.alpha)

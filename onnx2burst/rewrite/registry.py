@@ -4,11 +4,13 @@ A handler looks at one node and returns a ``Mark``; it never edits the graph (th
 rewriter applies the marks in one place). ``supported_ops()`` is the registry's keys.
 Kinds:
 
-- ``NEURON``: becomes a BurstIF (Relu; Clip with min 0, its max kept as ``clip_max``).
+- ``NEURON``: becomes a BurstIF (Relu; Clip with min 0, its max kept as ``clip_max``;
+  LeakyRelu and PRelu with a constant slope >= 0: a signed BurstIF, the slope as ``alpha``).
 - ``LINEAR``: linear and time-invariant: runs unchanged on the time-folded batch.
 - ``SHAPE``: computes shapes, not data.
 - ``MAXPOOL``: MaxPool on spikes (per timestep) or replaced by AveragePool (``--maxpool``).
-- ``OUTPUT``: non-linear, but only at the very end: moved after the mean over T (Softmax).
+- ``OUTPUT``: non-linear, but only at the very end: moved after the mean over T (Softmax; any
+  non-linear op after the last neuron, e.g. a detector's decoding, when the context says so).
 - ``INEXACT``: non-linear; between neurons it cannot be converted exactly.
 
 Marks only matter in the spiking part of the graph (after the first neuron); before it
@@ -40,6 +42,8 @@ class Mark:
     kind: Kind
     reason: str = ""
     clip_max: float | None = None
+    alpha: tuple | None = None          # signed neuron: the negative slope (1 value, or a PRelu slope's values)
+    alpha_shape: tuple | None = None    # the PRelu slope's shape (placed on the channel axis by the analysis)
 
 
 class Context(Protocol):
@@ -48,6 +52,16 @@ class Context(Protocol):
     def const(self, name: str) -> np.ndarray | None: ...
     def temporal(self, name: str) -> bool: ...          # the tensor carries spikes (after a neuron)
     def only_feeds_outputs(self, node: onnx.NodeProto) -> bool: ...
+    # optional: no neuron reads the node's outputs, directly or further on
+    # def after_last_neuron(self, node: onnx.NodeProto) -> bool: ...
+
+
+def _after_last_neuron(node, ctx) -> bool:
+    f = getattr(ctx, "after_last_neuron", None)
+    return bool(f and f(node))
+
+
+_TAIL = "after the last neuron: runs once on the mean over T"
 
 
 Handler = Callable[[onnx.NodeProto, Context], Mark]
@@ -74,10 +88,10 @@ def supported_ops() -> list[str]:
 def classify(node: onnx.NodeProto, ctx: Context) -> Mark:
     """The mark of ``node``: its handler's, or INEXACT for an op the registry does not know."""
     if node.domain not in ("", "ai.onnx"):
-        return Mark(Kind.INEXACT, f"custom-domain op {node.domain}.{node.op_type} (unknown to the converter)")
+        return _nonlinear_mark(node, ctx, f"custom-domain op {node.domain}.{node.op_type} (unknown to the converter)")
     h = _HANDLERS.get(node.op_type)
     if h is None:
-        return Mark(Kind.INEXACT, f"{node.op_type} is not in the converter's registry")
+        return _nonlinear_mark(node, ctx, f"{node.op_type} is not in the converter's registry")
     return h(node, ctx)
 
 
@@ -98,6 +112,27 @@ def _clip(node, ctx):
     return Mark(Kind.NEURON, clip_max=None if hi is None else float(np.asarray(hi).reshape(-1)[0]))
 
 
+@register("LeakyRelu")
+def _leaky(node, ctx):
+    a = next((x.f for x in node.attribute if x.name == "alpha"), 0.01)
+    if not (np.isfinite(a) and a >= 0):
+        return _nonlinear_mark(node, ctx, f"LeakyRelu with slope {a} (< 0: not monotone)")
+    return Mark(Kind.NEURON, alpha=(float(np.float32(a)),))
+
+
+@register("PRelu")
+def _prelu(node, ctx):
+    slope = ctx.const(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if slope is None:
+        return _nonlinear_mark(node, ctx, "PRelu with a slope that is not a constant")
+    slope = np.asarray(slope, np.float32)
+    if not (np.isfinite(slope).all() and (slope >= 0).all()) or slope.size == 0:
+        return _nonlinear_mark(node, ctx, "PRelu with a negative slope (not monotone)")
+    if np.all(slope == slope.reshape(-1)[0]):
+        return Mark(Kind.NEURON, alpha=(float(slope.reshape(-1)[0]),))
+    return Mark(Kind.NEURON, alpha=tuple(float(v) for v in slope.reshape(-1)), alpha_shape=tuple(slope.shape))
+
+
 # ------------------------------------------------------------------ linear, time-invariant
 @register("Conv", "ConvTranspose", "Gemm", "AveragePool", "GlobalAveragePool", "Concat", "Flatten",
           "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather", "Identity",
@@ -111,7 +146,7 @@ def _linear(node, ctx):
 def _product(node, ctx):
     spiking = [i for i in node.input if i and ctx.temporal(i)]
     if len(spiking) > 1 or (node.op_type == "Div" and len(node.input) > 1 and ctx.temporal(node.input[1])):
-        return Mark(Kind.INEXACT, f"{node.op_type} of spiking tensors is not linear")
+        return _nonlinear_mark(node, ctx, f"{node.op_type} of spiking tensors is not linear")
     return Mark(Kind.LINEAR)
 
 
@@ -131,12 +166,11 @@ def _maxpool(node, ctx):
 def _softmax(node, ctx):
     if ctx.only_feeds_outputs(node):
         return Mark(Kind.OUTPUT, "moved after the mean over T")
-    return Mark(Kind.INEXACT, f"{node.op_type} before the output is not linear")
+    return _nonlinear_mark(node, ctx, f"{node.op_type} before the output is not linear")
 
 
 _NONLINEAR = {
-    "Sigmoid": "sigmoid", "Tanh": "tanh", "LeakyRelu": "leaky ReLU (negative slope)",
-    "PRelu": "parametric ReLU (negative slope)", "Elu": "ELU", "Selu": "SELU", "Celu": "CELU",
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "ELU", "Selu": "SELU", "Celu": "CELU",
     "Gelu": "GELU", "HardSigmoid": "hard sigmoid", "HardSwish": "hard swish", "Softplus": "softplus",
     "Softsign": "softsign", "Mish": "mish", "Erf": "erf (GELU)", "Exp": "exp", "Log": "log",
     "Sqrt": "sqrt", "Pow": "power", "Abs": "abs", "Reciprocal": "reciprocal", "Max": "elementwise max",
@@ -150,6 +184,11 @@ _NONLINEAR = {
 }
 
 
+def _nonlinear_mark(node, ctx, reason: str) -> Mark:
+    """OUTPUT after the last neuron (it runs once on the mean over T, analog), else INEXACT."""
+    return Mark(Kind.OUTPUT, _TAIL) if _after_last_neuron(node, ctx) else Mark(Kind.INEXACT, reason)
+
+
 @register(*_NONLINEAR)
 def _nonlinear(node, ctx):
-    return Mark(Kind.INEXACT, f"{_NONLINEAR[node.op_type]} is not linear")
+    return _nonlinear_mark(node, ctx, f"{_NONLINEAR[node.op_type]} is not linear")

@@ -14,6 +14,9 @@
   under the ANN's output name; a trailing Softmax/LogSoftmax/ArgMax is moved after the
   mean; ``per_timestep_output`` adds ``<name>_per_timestep`` ``[T, N, K]`` (before any
   trailing Softmax);
+- the analog tail (non-linear ops after the last neuron, e.g. a detector's decoding) reads the
+  mean over T of each spiking tensor it reads and runs once, per sample; its graph outputs'
+  ``<name>_per_timestep`` ``[T, N, ...]`` hold, in row t, the tail run on the mean of steps 0..t;
 - each neuron's bias target gets a bias initializer of its own (created with zeros
   where the layer had none) for the bias calibration (§5) to correct.
 """
@@ -59,6 +62,7 @@ class SpikingNeuron:
     bias: str | None     # bias initializer the bias calibration corrects (None: none found)
     bias_axis: int = 1   # axis of the layer output the bias runs along
     bias_scale: float = 1.0
+    alpha: tuple | None = None   # signed neuron: negative slope (1 or C values); None: ReLU
 
 
 @dataclass
@@ -178,6 +182,88 @@ def _output_means(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, pe
     return outputs, per_t_outputs
 
 
+def _unfold(src: str, T: int, idx: GraphIndex, nodes: list, i64, base: str) -> str:
+    """``src`` ``[T*N, ...]`` reshaped to ``[T, N, ...]``."""
+    shp, rest, newshape, out = (idx.fresh(base + s) for s in ("_shape", "_dims", "_tshape", "_by_step"))
+    nodes += [
+        helper.make_node("Shape", [src], [shp], name=idx.fresh(base + "_shape_of")),
+        helper.make_node("Slice", [shp, i64(base + "_one", [1]), i64(base + "_end", [2**62])], [rest],
+                         name=idx.fresh(base + "_dims_of")),
+        helper.make_node("Concat", [i64(base + "_T_minus1", [T, -1]), rest], [newshape], axis=0,
+                         name=idx.fresh(base + "_tshape_of")),
+        helper.make_node("Reshape", [src, newshape], [out], name=idx.fresh(base + "_unfold_time")),
+    ]
+    return out
+
+
+def _analog_tail(g, idx: GraphIndex, analysis: Analysis, T: int, opset: int, per_timestep: bool):
+    """The analog tail (§1) on the mean over T of the spiking tensors it reads; with
+    ``per_timestep`` also a copy on the running means (row t: the mean of steps 0..t), whose graph
+    outputs become ``<name>_per_timestep`` ``[T, N, ...]``. Returns (tail outputs, per-timestep outputs)."""
+    if not analysis.analog_tail:
+        return [], []
+    i64 = lambda name, vals: idx.set_const(idx.fresh(name), np.array(vals, np.int64))  # noqa: E731
+    tail = [idx.nodes_by_name[name] for name in analysis.analog_tail]
+    made = {o for n in tail for o in n.output if o}
+    graph_outs = [o.name for o in g.output if o.name in made]
+    nodes: list = []
+    copies = []
+    if per_timestep:
+        run = {}
+        steps = idx.set_const(idx.fresh("running_mean_steps"), np.arange(1, T + 1, dtype=np.float32).reshape(T, 1))
+        for b in analysis.tail_inputs:
+            flat, cs, cm, shp = (idx.fresh(b + s) for s in ("_steps_flat", "_running_sum", "_running_mean_flat",
+                                                             "_shape_for_running"))
+            run[b] = idx.fresh(b + "_running_mean")
+            nodes += [
+                helper.make_node("Reshape", [b, i64(b + "_T_flat", [T, -1])], [flat], name=idx.fresh(b + "_by_step_flat")),
+                helper.make_node("CumSum", [flat, idx.set_const(idx.fresh(b + "_axis0"), np.array(0, np.int64))], [cs],
+                                 name=idx.fresh(b + "_running_sum_of")),
+                helper.make_node("Div", [cs, steps], [cm], name=idx.fresh(b + "_running_mean_of")),
+                helper.make_node("Shape", [b], [shp], name=idx.fresh(b + "_shape_of_running")),
+                helper.make_node("Reshape", [cm, shp], [run[b]], name=idx.fresh(b + "_running_mean_fold")),
+            ]
+        renamed = {o: idx.fresh(o + "_running") for o in made}
+        for n in tail:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.name = idx.fresh(n.name + "_running")
+            for j, i in enumerate(c.input):
+                c.input[j] = run.get(i, renamed.get(i, i))
+            for j, o in enumerate(c.output):
+                if o:
+                    c.output[j] = renamed[o]
+            copies.append(c)
+    means = {}
+    for b in analysis.tail_inputs:
+        per_t = _unfold(b, T, idx, nodes, i64, b + "_tail")
+        means[b] = idx.fresh(b + "_mean")
+        nodes += make_reduce("ReduceMean", per_t, means[b], [0], keepdims=0, opset=opset,
+                             name=idx.fresh(b + "_mean_over_T"), index=idx)
+    for n in tail:
+        for j, i in enumerate(n.input):
+            p = idx.producer.get(i)
+            if i in means:
+                n.input[j] = means[i]
+            elif p is not None and p.op_type == "Shape" and not p.attribute and p.input[0] in analysis.temporal:
+                n.input[j] = _per_sample_shape(i, T, idx, nodes, i64)  # a shape of a time-folded tensor
+    per_t_outputs = []
+    if per_timestep:
+        nodes += copies
+        for o in graph_outs:
+            name = idx.fresh(o + "_per_timestep")
+            src = _unfold(renamed[o], T, idx, nodes, i64, o + "_running")
+            nodes.append(helper.make_node("Identity", [src], [name], name=idx.fresh(o + "_per_timestep_of")))
+            ov = next(v for v in g.output if v.name == o).type.tensor_type
+            dims = [d.dim_value or None for d in ov.shape.dim] if ov.HasField("shape") else None
+            g.output.append(helper.make_tensor_value_info(name, ov.elem_type or TensorProto.FLOAT,
+                                                          None if dims is None else [T, None] + dims[1:]))
+            per_t_outputs.append(name)
+    g.node.extend(nodes)
+    idx.rebuild()
+    return graph_outs, per_t_outputs
+
+
 #: doc_string prefix of every node of a lateral pool (then the MaxPool's name), for exporters
 LATERAL_TAG = "onnx2burst lateral pooling: "
 
@@ -283,10 +369,13 @@ def build_snn(canonical: Canonical, analysis: Analysis, params: dict, *, T: int,
         vname = idx.set_const(idx.fresh(f"{n.name}_vth"), vth)
         spikes = idx.fresh(f"{n.output}_spikes")
         node = idx.nodes_by_name[n.name]
-        node.CopyFrom(ops.make_node(n.input, vname, n.output, T=T, psi=p.psi, tau=p.tau, spikes=spikes, name=n.name))
+        node.CopyFrom(ops.make_node(n.input, vname, n.output, T=T, psi=p.psi, tau=p.tau, spikes=spikes, name=n.name,
+                                    alpha=n.alpha))
         b = biases[n.name]
+        signed = n.alpha is not None and any(a != 0 for a in n.alpha)
         spiking.append(SpikingNeuron(n.name, n.input, n.output, spikes, vname, int(p.psi), float(p.tau),
-                                     b[0] if b else None, b[1] if b else 1, b[2] if b else 1.0))
+                                     b[0] if b else None, b[1] if b else 1, b[2] if b else 1.0,
+                                     tuple(n.alpha) if signed else None))
     idx.rebuild()
 
     # time expansion right before the first neurons
@@ -311,7 +400,9 @@ def build_snn(canonical: Canonical, analysis: Analysis, params: dict, *, T: int,
             _lateral_pool(g, idx, idx.nodes_by_name[name], T)
         idx.rebuild()
 
+    tail_outputs, tail_per_t = _analog_tail(g, idx, analysis, T, opset, per_timestep_output)
     outputs, per_t = _output_means(g, idx, analysis, T, opset, per_timestep_output, info)
+    outputs, per_t = outputs + tail_outputs, per_t + tail_per_t
     topological_sort(g)
     GraphIndex(g).prune()  # e.g. the min/max constants of a Clip that became a BurstIF
     ops.attach_function(model)

@@ -207,7 +207,11 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
 
 def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, threads, kernel, total_rows):
     """The spike counts of ``n.output`` for every batch, or None when they would not fit ``budget``."""
-    new = _Cache(n.output, _theta(widx, n), np.uint8 if n.psi <= 255 else np.uint16)
+    if n.alpha is not None:  # signed neuron: -psi .. psi per step
+        dtype = np.int8 if n.psi <= 127 else np.int16 if n.psi <= 32767 else np.int32
+    else:
+        dtype = np.uint8 if n.psi <= 255 else np.uint16
+    new = _Cache(n.output, _theta(widx, n), dtype)
     part = _segment(work, cache, [n.output], ranks)
     g = part.graph
     th = f"{n.output}__inv_theta_src"

@@ -1,7 +1,7 @@
 """Threshold (vth) fitting, per layer and channel (§4), streamed over calibration batches.
 
 Pass 1 (``activation_stats``): the ANN runs with, for each neuron, in-graph reductions of
-its post-ReLU output: the running per-channel max ``m_c`` (and the per-channel mean, which
+its post-ReLU output: the running per-channel max ``m_c`` (of ``|a|`` for a signed neuron) (and the per-channel mean, which
 the bias calibration needs), so only ``[C]`` vectors leave onnxruntime.
 
 Pass 2 (``search_thresholds``): the ANN runs with the neurons' outputs exposed; for each
@@ -9,6 +9,10 @@ batch and neuron a ``ThresholdSearch`` adds, for each of the 95 candidates
 ``theta = m_c * (1 - 0.01 i)``, the per-channel sum of ``(a - Q(a))^2`` with
 
     Q(a) = theta/T * clip(floor(T*a/theta + 0.5), 0, psi*T)     (round, not floor)
+
+For a signed neuron (LeakyReLU/PReLU, §2) the activations below 0 count too, clipped at
+``-psi*T``: a negative spike is worth ``-theta`` (its threshold is ``theta / alpha`` on the
+pre-activation, so on the post-activation ``a = alpha * x`` the steps are the same).
 
 and keeps the argmin. Memory is one batch of activations plus ``[95, C]`` sums, for any
 number of samples. The stored ``vth`` is that theta; the neuron fires at ``tau * vth``
@@ -26,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from ..calibration.augment import add_channel_reduce, with_outputs
 from ..data import CalibrationSet
@@ -69,7 +74,9 @@ class ThresholdSearch:
     squared errors per candidate and channel so far.
     """
 
-    def __init__(self, ref: np.ndarray, T: int, psi: int, factors: np.ndarray, per_channel: bool = True):
+    def __init__(self, ref: np.ndarray, T: int, psi: int, factors: np.ndarray, per_channel: bool = True,
+                 signed: bool = False):
+        self.signed = signed
         self.ref = np.asarray(ref, np.float64).reshape(-1)
         self.T, self.psi = int(T), int(psi)
         self.factors = np.asarray(factors, np.float64)
@@ -84,7 +91,7 @@ class ThresholdSearch:
             raise ValueError(f"activations have {at.shape[0]} channels, thresholds {self.ref.size}")
         # Q(0) = 0 has no error: only positive values count. In units of ref_c every
         # candidate is one scalar factor f, so a candidate costs a few passes over them.
-        mask = at > 0
+        mask = at != 0 if self.signed else at > 0
         counts = mask.sum(axis=1)
         z = (at * self._inv[:, None])[mask]                  # channel-major, flat
         if z.size == 0:
@@ -99,6 +106,8 @@ class ThresholdSearch:
             buf += np.float32(0.5)
             np.floor(buf, out=buf)
             np.minimum(buf, top, out=buf)
+            if self.signed:
+                np.maximum(buf, -top, out=buf)
             buf *= np.float32(f / self.T)
             np.subtract(z, buf, out=buf)
             np.multiply(buf, buf, out=buf)
@@ -166,6 +175,10 @@ class ActivationStats:
     notes: list[str] = field(default_factory=list)
 
 
+def _signed(n: Neuron) -> bool:
+    return n.alpha is not None and any(a != 0 for a in n.alpha)
+
+
 def _mean_axis(n: Neuron) -> int | None:
     if n.bias is not None:
         return n.bias.axis
@@ -181,7 +194,11 @@ def activation_stats(canonical: Canonical, analysis: Analysis, data: Calibration
     idx = GraphIndex(m.graph)
     outs, keys = [], []
     for n in analysis.neurons:
-        outs.append(add_channel_reduce(m, idx, n.output, "ReduceMax", 1 if n.per_channel else None,
+        src = n.output
+        if _signed(n):  # a signed neuron's range: the largest |a| (a channel may be negative only)
+            src = idx.fresh(f"{n.output}__abs")
+            m.graph.node.append(helper.make_node("Abs", [n.output], [src], name=src))
+        outs.append(add_channel_reduce(m, idx, src, "ReduceMax", 1 if n.per_channel else None,
                                        rank=n.rank, opset=canonical.opset, tag="max"))
         outs.append(add_channel_reduce(m, idx, n.output, "ReduceMean", _mean_axis(n), rank=n.rank,
                                        opset=canonical.opset, tag="mean"))
@@ -250,7 +267,8 @@ def search_thresholds(canonical: Canonical, analysis: Analysis, data: Calibratio
             if config.method == "max":
                 result[(n.name, psi, tau)] = ref.astype(np.float32)
             else:
-                searches[(n.name, psi, tau)] = ThresholdSearch(ref, T, psi, factors, n.per_channel)
+                searches[(n.name, psi, tau)] = ThresholdSearch(ref, T, psi, factors, n.per_channel,
+                                                               signed=_signed(n))
     if searches:
         wanted = [n for n in analysis.neurons if any(k[0] == n.name for k in searches)]
         runner = Runner(with_outputs(canonical.model, [n.output for n in wanted]), threads=threads, kernel=False)
