@@ -20,6 +20,9 @@ from .options import (build_calibration, build_search, build_snn, calibration_op
 @click.option("--no-bias-calibration", is_flag=True, help="Skip the layer-wise bias calibration.")
 @click.option("--allow-inexact", is_flag=True,
               help="Convert even when ops between neurons (Sigmoid, LRN, ...) cannot be converted exactly.")
+@click.option("--no-signed", is_flag=True,
+              help="Convert LeakyRelu/PRelu as ReLU neurons, dropping the negative slope (inexact: needs "
+                   "--allow-inexact; by default they become signed neurons).")
 @click.option("--external-data", is_flag=True,
               help="Write the weights to OUTPUT.data (automatic above 2 GB).")
 @search_options
@@ -59,7 +62,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         source, calib = build_calibration(kw)
         search = build_search(kw)
         cfg = ConvertConfig(**snn, per_timestep_output=per_timestep_output, bias_calibration=not no_bias_calibration,
-                            allow_inexact=allow_inexact, calibration=calib)
+                            allow_inexact=allow_inexact, calibration=calib, signed=not kw.pop("no_signed"))
         out = output or model.with_name(model.name[:-5] + ".snn.onnx" if model.name.endswith(".onnx")
                                         else model.name + ".snn.onnx")
         inputs = {"the calibration data (--calib)": source,
