@@ -24,7 +24,7 @@ from onnx2burst.data import load_data
 from onnx2burst.evaluation.adaptive import _ann_classes, anytime_run, summarize
 from onnx2burst.evaluation.energy import ann_macs, energy_model
 from onnx2burst.stream import StreamSession, choose_rule, export_stream
-from onnx2burst.stream.rule import c_grid, exit_steps, scores
+from onnx2burst.stream.rule import RULES, c_grid, exit_steps
 
 
 def _timing(snn, stream, rule, x, samples: int, threads: int | None):
@@ -71,9 +71,9 @@ def measure(model: str, T: int, x, labels, args) -> dict:
     em, macs = energy_model(snn), ann_macs(ann)
     out = {"model": model, "T": T, "samples": len(labels), "convert_s": convert_s, "anytime_run_s": run_s,
            "rules": {}}
-    for kind in ("confidence", "margin"):
-        rule, cal = choose_rule(cal_run.preds, cal_ann, tol=0.0, kind=kind, head=cal_run.head)
-        sc = np.stack([scores(run.preds[t], run.head, kind) for t in range(T)])
+    for kind in RULES:
+        rule, cal = choose_rule(cal_run.preds, cal_ann, tol=0.0, kind=kind, head=cal_run.head, steps=cal_run.steps)
+        sc = run.scores(kind)
         res = summarize(run, exit_steps(sc, rule.c, rule.t_min), ann_pred, labels, em, macs,
                         rule={"kind": kind, "c": rule.c, "t_min": rule.t_min, "tol": 0.0}, e_ac_pj=0.9, e_mac_pj=4.6)
         curve = []
@@ -94,10 +94,10 @@ def _plot(results: list[dict], path) -> None:
     from onnx2burst.report.plots import _pyplot, _save
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len({r["model"] for r in results}), figsize=(11, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len({r["model"] for r in results}), figsize=(12, 4.8), squeeze=False)
     for ax, model in zip(axes[0], dict.fromkeys(r["model"] for r in results)):
         for r in (r for r in results if r["model"] == model):
-            for kind, style in (("confidence", "-"), ("margin", "--")):
+            for kind, style in zip(RULES, ("-", "--", ":")):
                 d = r["rules"][kind]
                 xs, ys, _ = zip(*sorted(d["curve"]))
                 ax.plot(xs, ys, style, marker=".", label=f"T={r['T']}, {kind} (t_min {d['rule']['t_min']})")

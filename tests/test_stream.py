@@ -99,20 +99,21 @@ def test_per_timestep_output_equals_the_step_outputs():
     assert np.array_equal(np.stack(steps), per_t)
 
 
-def test_run_adaptive_matches_the_exits_of_one_full_run(converted):
+@pytest.mark.parametrize("kind", ["confidence", "margin", "step-margin"])
+def test_run_adaptive_matches_the_exits_of_one_full_run(converted, kind):
     name, _, snn, stream = converted
     x = fm.inputs(snn, 12, seed=5)
     s, _ = _steps(stream, x, 1)
     T = s.T
     s.reset(len(x))
-    preds = []
+    preds, own = [], []
     for _ in range(T):
-        s.step({"x": x})
+        own.append(s.step({"x": x})[0])
         preds.append(s.prediction()[0])
     preds = np.stack(preds)
-    sc = np.stack([scores(p, s.heads[0]) for p in preds])
-    c = float(np.quantile(sc[1], 0.5))  # about half exit at step 2
-    rule = ExitRule(c, t_min=2)
+    sc = np.stack([scores(p, s.heads[0], kind, o) for p, o in zip(preds, own)])
+    c = float(np.quantile(sc[1][sc[1] >= 0], 0.5))  # about half exit at step 2
+    rule = ExitRule(c, t_min=2, kind=kind)
     want = exit_steps(sc, c, 2)
     assert 2 <= want.min() and want.max() <= T and len(set(want.tolist())) > 1
     run = s.run_adaptive({"x": x}, rule=rule)
@@ -220,3 +221,22 @@ def test_torch_steps_agree_with_the_streaming_model(converted):
     s, want = _steps(stream, x, T)
     np.testing.assert_allclose(np.stack(steps), np.stack(want), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ts.prediction()[0].numpy(), s.prediction()[0], rtol=1e-4, atol=1e-5)
+
+
+def test_choose_rule_keeps_each_agreeing_sample():
+    """Logits [T=4, N=3, K=2], the ANN says class 0 for all: sample 0 is sure from step 1; sample 1
+    says class 1 at 90 % at step 1, class 0 at 95 % from step 2; sample 2 says class 1 at 55 % until
+    step 3 and class 0 at step 4. The best rule that loses none exits them at 1, 2 and 4."""
+    from onnx2burst.stream import choose_rule
+    from onnx2burst.stream.rule import exit_steps
+
+    lg = lambda p: [np.log(p), np.log(1 - p)]  # noqa: E731
+    preds = np.array([[lg(0.99), lg(0.1), lg(0.45)]] + [[lg(0.99), lg(0.95), lg(0.45)]] * 2
+                     + [[lg(0.99), lg(0.95), lg(0.6)]], np.float32)
+    ann = np.zeros(3, np.int64)
+    rule, summary = choose_rule(preds, ann, tol=0.0)
+    ex = exit_steps(np.stack([scores(p, None) for p in preds]), rule.c, rule.t_min)
+    assert ex.tolist() == [1, 2, 4]  # sample 1 may not exit at step 1, where it says class 1
+    assert summary["mean_timesteps"] == pytest.approx(7 / 3) and summary["agreement"] == 1.0
+    loose, _ = choose_rule(preds, ann, tol=50.0)
+    assert exit_steps(np.stack([scores(p, None) for p in preds]), loose.c, loose.t_min).mean() < 7 / 3

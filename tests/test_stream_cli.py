@@ -31,7 +31,7 @@ def kit(tmp_path_factory):
     res = CliRunner().invoke(main, ["convert", str(d / "ann.onnx"), "--calib", str(d / "calib.npy"), "--T", "6",
                                     "--psi", "2", "--adaptive", "-q", "-o", str(d / "snn.onnx")])
     assert res.exit_code == 0, res.output
-    assert "adaptive    : exit at the first step >=" in res.output
+    assert "adaptive    : exit after the first step >=" in res.output
     res = CliRunner().invoke(main, ["convert", str(d / "ann.onnx"), "--calib", str(d / "calib.npy"), "--T", "6",
                                     "--psi", "2", "-q", "-o", str(d / "plain.onnx")])
     assert res.exit_code == 0, res.output

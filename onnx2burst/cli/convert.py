@@ -32,8 +32,10 @@ from .options import (build_calibration, build_search, build_snn, calibration_op
                    "(eval --adaptive, StreamSession.run_adaptive; docs/stream.md).")
 @click.option("--exit-tol", default=0.0, show_default=True, type=click.FloatRange(0, 100),
               help="--adaptive: points of agreement with the ANN the exits may lose against all T steps.")
-@click.option("--exit-rule", type=click.Choice(["confidence", "margin"]), default="confidence", show_default=True,
-              help="--adaptive: exit on the largest softmax probability, or on its gap to the second.")
+@click.option("--exit-rule", type=click.Choice(["confidence", "margin", "step-margin"]), default="confidence",
+              show_default=True,
+              help="--adaptive: exit on the running mean's largest softmax probability, on its gap to the second, "
+                   "or on that gap in the step's own output when it names the same class (docs/stream.md).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, portable, quiet,
             adaptive, exit_tol, exit_rule, **kw):
@@ -115,8 +117,7 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
 def _exit_line(rule, summary, *, T: int) -> str:
     if rule is None:
         return summary  # why no rule applies
-    what = "largest softmax probability" if rule.kind == "confidence" else "gap of the two largest probabilities"
-    return (f"exit at the first step >= {rule.t_min} whose {what} is >= {rule.c:.6g}; on the {summary['samples']} "
+    return (f"{rule.describe()}; on the {summary['samples']} "
             f"calibration samples: {summary['mean_timesteps']:.2f} of {T} steps on average, agreement with the ANN "
             f"{100 * summary['agreement']:.1f} % (all {T} steps: {100 * summary['agreement_full_T']:.1f} %)")
 

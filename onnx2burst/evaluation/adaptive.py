@@ -23,32 +23,42 @@ __all__ = ["AnytimeRun", "AdaptiveResult", "anytime_run", "classifier_problem", 
 @dataclass(frozen=True)
 class AnytimeRun:
     """``preds`` ``[T, N, ...]``: the first output's any-time value after each step; ``spikes``
-    ``[T, layers, N]``: each step's spikes; ``head``: the op applied after the mean (or None)."""
+    ``[T, layers, N]``: each step's spikes; ``head``: the op applied after the mean (or None);
+    ``steps`` ``[T, N, ...]``: each step's own output (before the mean and the head)."""
 
     preds: np.ndarray
     spikes: np.ndarray
     head: str | None
     layers: tuple[str, ...]
+    steps: np.ndarray | None = None
+
+    def scores(self, kind: str) -> np.ndarray:
+        """``[T, N]``: the exit rule's score after each step (``stream.rule.scores``)."""
+        from ..stream.rule import scores
+
+        return np.stack([scores(self.preds[t], self.head, kind, None if self.steps is None else self.steps[t])
+                         for t in range(self.preds.shape[0])])
 
 
 def anytime_run(stream, ds, *, batch_size: int = 256, progress: Progress | None = None,
                 stage: str = "any-time") -> AnytimeRun:
     """Run the ``StreamSession`` ``stream`` for T steps over every batch of ``ds`` (a ``CalibrationSet``)."""
-    preds, spikes = [], []
+    preds, spikes, own = [], [], []
     with progress_or_null(progress).stage(stage, len(ds)) as st:
         for feeds in ds.batches(batch_size):
             n = len(next(iter(feeds.values())))
             stream.reset(n)
-            p, s = [], []
+            p, s, o = [], [], []
             for _ in range(stream.T):
-                stream.step(feeds)
+                o.append(stream.step(feeds)[0])
                 p.append(stream.prediction()[0])
                 s.append(stream.step_spikes())
             preds.append(np.stack(p))
             spikes.append(np.stack(s))
+            own.append(np.stack(o))
             st.advance(n)
     return AnytimeRun(np.concatenate(preds, axis=1), np.concatenate(spikes, axis=2), stream.heads[0],
-                      tuple(stream.layers))
+                      tuple(stream.layers), np.concatenate(own, axis=1))
 
 
 def classifier_problem(stream) -> str | None:
@@ -94,7 +104,7 @@ def attach_exit_rule(snn: onnx.ModelProto, ann: onnx.ModelProto, calib, *, tol: 
     ds = load_data(calib, ann, samples=samples)
     run = anytime_run(stream, ds, batch_size=batch_size, progress=progress, stage="exit rule")
     rule, summary = choose_rule(run.preds, _ann_classes(ann, ds, batch_size, threads), tol=tol, kind=kind,
-                                head=run.head, t_min=t_min)
+                                head=run.head, t_min=t_min, steps=run.steps)
     keep = [p for p in snn.metadata_props if p.key != RULE_KEY]
     del snn.metadata_props[:]
     snn.metadata_props.extend(keep)
@@ -164,7 +174,7 @@ def adaptive_evaluate(ann, snn, data, *, confidence: float | None = None, t_min:
     overriding its fields; without a stored rule ``confidence`` is required.
     """
     from ..data import load_data
-    from ..stream.rule import ExitRule, exit_steps, scores
+    from ..stream.rule import ExitRule, exit_steps
     from .energy import ann_macs, energy_model
     from .evaluate import load_onnx
 
@@ -183,8 +193,7 @@ def adaptive_evaluate(ann, snn, data, *, confidence: float | None = None, t_min:
         raise ConfigError(f"adaptive timesteps need class scores: {why}; no exit rule applies to this model")
     ds = load_data(data, ann, samples=limit)
     run = anytime_run(stream, ds, batch_size=batch_size, progress=progress)
-    sc = np.stack([scores(run.preds[t], run.head, rule.kind) for t in range(run.preds.shape[0])])
-    exits = exit_steps(sc, rule.c, rule.t_min)
+    exits = exit_steps(run.scores(rule.kind), rule.c, rule.t_min)
     notes = [] if stored is None or confidence is None else [f"--exit-confidence {confidence:g} overrides the "
                                                              f"stored c = {stored.c:g}"]
     notes.append("energy counts the layers before the first neuron once per sample (the input is static)")

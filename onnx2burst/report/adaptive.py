@@ -13,10 +13,11 @@ def adaptive_table(a: AdaptiveResult):
     """Adaptive timesteps against all T steps, with the distribution of the exit steps."""
     from rich.table import Table
 
+    from ..stream.rule import ExitRule
+
     r = a.rule
-    what = "largest probability" if r["kind"] == "confidence" else "top-2 gap"
-    t = Table(title=f"adaptive timesteps: exit when the {what} >= {r['c']:.6g}, from step {r['t_min']} "
-                    f"({a.samples} samples)")
+    t = Table(title=f"adaptive timesteps ({a.samples} samples): "
+                    f"{ExitRule(r['c'], r['t_min'], r['kind']).describe()}")
     t.add_column("")
     t.add_column("adaptive", justify="right")
     t.add_column(f"all T={a.T} steps", justify="right")

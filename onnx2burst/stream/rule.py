@@ -1,13 +1,15 @@
 """The exit rule of adaptive timesteps (docs/stream.md): stop a sample at the first step
-``t >= t_min`` whose any-time output is confident enough.
+``t >= t_min`` whose output is clear enough.
 
 - ``confidence``: the largest softmax probability of the running-mean output is ``>= c``;
-- ``margin``: the largest minus the second largest probability is ``>= c``.
+- ``margin``: the largest minus the second largest probability of the running mean is ``>= c``;
+- ``step-margin``: this step's own output agrees with the running mean on the class and the
+  gap between its two largest softmax probabilities is ``>= c``.
 
-``choose_rule`` picks ``t_min`` and ``c`` on calibration data from the any-time outputs of
-every step: for each ``t_min``, the loosest ``c`` on a grid (walking down from the strictest)
-whose exits keep the agreement with the ANN within ``tol`` points of the full-T SNN's; of
-those, the one with the fewest mean timesteps.
+``choose_rule`` picks ``t_min`` and ``c`` on calibration data from the outputs of every step:
+for each ``t_min``, the loosest ``c`` on a grid (walking down from the strictest) whose exits
+cost at most ``tol`` points of the samples that agree with the ANN after all T steps; of those,
+the one with the fewest mean timesteps.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["ExitRule", "confidence", "scores", "exit_steps", "choose_rule", "RULE_KEY", "RULES"]
+__all__ = ["ExitRule", "scores", "exit_steps", "choose_rule", "RULE_KEY", "RULES"]
 
 RULE_KEY = "onnx2burst.adaptive"
-RULES = ("confidence", "margin")
+RULES = ("confidence", "margin", "step-margin")
 
 
 def _probs(pred: np.ndarray, head: str | None) -> np.ndarray:
@@ -37,20 +39,25 @@ def _probs(pred: np.ndarray, head: str | None) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scores(pred: np.ndarray, head: str | None, kind: str = "confidence") -> np.ndarray:
-    """Per sample: the largest probability (``confidence``) or the top-2 gap (``margin``)."""
-    p = _probs(pred, head)
-    if kind == "confidence":
-        return p.max(axis=1)
+def _gap(p: np.ndarray) -> np.ndarray:
     if p.shape[1] < 2:
         return np.ones(len(p))
     top2 = np.partition(p, -2, axis=1)[:, -2:]
     return top2[:, 1] - top2[:, 0]
 
 
-def confidence(pred: np.ndarray, head: str | None) -> np.ndarray:
-    """The probabilities of the any-time output ``pred`` ``[N, K]`` (for ``ExitRule.exits``)."""
-    return _probs(pred, head)
+def scores(pred: np.ndarray, head: str | None, kind: str = "confidence", step: np.ndarray | None = None) -> np.ndarray:
+    """Per sample, the score ``kind`` compares with c: from the any-time output ``pred`` (after
+    the head ``head``) and, for ``step-margin``, this step's own output ``step`` (before it)."""
+    p = _probs(pred, head)
+    if kind == "confidence":
+        return p.max(axis=1)
+    if kind == "margin":
+        return _gap(p)
+    if step is None:
+        raise ConfigError("the step-margin rule needs the step's own output")
+    ps = _probs(step, None)
+    return np.where(ps.argmax(axis=1) == p.argmax(axis=1), _gap(ps), -1.0)
 
 
 @dataclass(frozen=True)
@@ -70,10 +77,18 @@ class ExitRule:
         if int(self.t_min) < 1:
             raise ConfigError(f"t_min must be >= 1, got {self.t_min}")
 
-    def exits(self, probs: np.ndarray, t: int) -> np.ndarray:
-        """Which samples exit after step ``t`` given their probabilities ``[N, K]``."""
-        s = scores(probs, "Softmax", self.kind)
-        return (s >= self.c) & (t >= self.t_min)
+    def exits(self, pred: np.ndarray, t: int, *, head: str | None = None, step: np.ndarray | None = None) -> np.ndarray:
+        """Which samples exit after step ``t``: ``pred`` the any-time output ``[N, K]`` (after the
+        head ``head``), ``step`` this step's own output (for ``step-margin``)."""
+        return (scores(pred, head, self.kind, step) >= self.c) & (t >= self.t_min)
+
+    def describe(self) -> str:
+        """The rule in words."""
+        what = {"confidence": f"the largest probability of the running mean is >= {self.c:.6g}",
+                "margin": f"the gap of the running mean's two largest probabilities is >= {self.c:.6g}",
+                "step-margin": f"the step's own output names the running mean's class with a gap of its two "
+                               f"largest probabilities >= {self.c:.6g}"}[self.kind]
+        return f"exit after the first step >= {self.t_min} where {what}"
 
     def to_metadata(self) -> str:
         return json.dumps(asdict(self))
@@ -108,17 +123,20 @@ def c_grid(kind: str = "confidence") -> np.ndarray:
 
 
 def choose_rule(step_preds: np.ndarray, ann_pred: np.ndarray, *, tol: float = 0.0, kind: str = "confidence",
-                head: str | None = None, t_min: int | None = None) -> tuple[ExitRule, dict]:
-    """The exit rule for any-time outputs ``step_preds`` ``[T, N, K]`` and the ANN's classes.
+                head: str | None = None, t_min: int | None = None,
+                steps: np.ndarray | None = None) -> tuple[ExitRule, dict]:
+    """The exit rule for any-time outputs ``step_preds`` ``[T, N, K]`` (``steps``: each step's own
+    output, for ``step-margin``) and the ANN's classes.
 
-    tol: points of agreement with the ANN the exits may lose against the full-T SNN. t_min:
+    tol: the share (points) of samples that agree with the ANN after T steps but not at their
+    exit; a sample that gains agreement by exiting early does not pay for one that loses it. t_min:
     fixed, or None to choose it too. Returns the rule and a summary (mean timesteps, the
     agreements).
     """
     T, n = step_preds.shape[:2]
     if n == 0:
         raise ConfigError("no calibration samples to choose the exit rule on")
-    sc = np.stack([scores(step_preds[t], head, kind) for t in range(T)])
+    sc = np.stack([scores(step_preds[t], head, kind, None if steps is None else steps[t]) for t in range(T)])
     cls = step_preds.reshape(T, n, -1).argmax(axis=2)
     full = float((cls[-1] == ann_pred).mean())
     best = None
@@ -126,8 +144,10 @@ def choose_rule(step_preds: np.ndarray, ann_pred: np.ndarray, *, tol: float = 0.
         chosen = None
         for c in c_grid(kind):
             ex = exit_steps(sc, c, tm)
-            agree = float((cls[ex - 1, np.arange(n)] == ann_pred).mean())
-            if 100 * (full - agree) > tol:
+            hit = cls[ex - 1, np.arange(n)] == ann_pred
+            lost = float((~hit & (cls[-1] == ann_pred)).mean())  # agreed after T steps, not at the exit
+            agree = float(hit.mean())
+            if 100 * lost > tol:
                 break
             chosen = (float(c), tm, float(ex.mean()), agree)
         if chosen and (best is None or chosen[2] < best[2] - 1e-12):

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError, onnxruntime_errors
-from .rule import ExitRule, confidence
+from .rule import ExitRule
 
 __all__ = ["StreamSession", "StreamState", "AdaptiveRun"]
 
@@ -214,14 +214,14 @@ class StreamSession:
         outs: list | None = None
         now = dict(feeds)
         while len(active):
-            self._run(dict(now))
+            step = self._run(dict(now))
             spikes[:, active] += self.step_spikes()
             pred = self._pred
             if outs is None:
                 outs = [np.zeros((n,) + p.shape[1:], p.dtype) for p in pred]
             if self._steps < rule.t_min and self._steps < limit:
                 continue
-            done = rule.exits(confidence(pred[0], self.heads[0]), self._steps) | (self._steps >= limit)
+            done = rule.exits(pred[0], self._steps, head=self.heads[0], step=step[0]) | (self._steps >= limit)
             if done.any():
                 for o, p in zip(outs, pred):
                     o[active[done]] = p[done]
