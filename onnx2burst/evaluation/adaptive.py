@@ -97,7 +97,15 @@ def attach_exit_rule(snn: onnx.ModelProto, ann: onnx.ModelProto, calib, *, tol: 
     from ..data import load_data
     from ..stream.rule import RULE_KEY, choose_rule
 
-    stream = _stream_of(snn, threads)
+    from ..errors import GraphError
+
+    outputs = [o.name for o in snn.graph.output if not o.name.endswith("_per_timestep")]
+    if len(outputs) != 1:
+        return None, f"no exit rule: it has {len(outputs)} outputs ({', '.join(outputs)}), not one of class scores"
+    try:
+        stream = _stream_of(snn, threads)
+    except GraphError as e:
+        return None, f"no exit rule: the SNN has no streaming form ({e})"
     why = classifier_problem(stream)
     if why:
         return None, f"no exit rule: {why}; the SNN runs all T steps"

@@ -167,10 +167,9 @@ def _lateral_sums(idx: GraphIndex, cumsum: onnx.NodeProto, new_nodes: list, stat
     states.append({"kind": "running_sum", "layer": pool, "in": s_in, "out": s_out, "of": x, "view": "same"})
 
 
-def _output_mean(idx: GraphIndex, out: str, T: int, new_nodes: list, states: list, removed: list,
-                 steps: tuple[str, str]) -> dict:
-    """The ReduceMean over T behind output ``out`` becomes a running sum over the steps run."""
-    mean = None
+def _time_means(idx: GraphIndex, T: int) -> list[onnx.NodeProto]:
+    """The means over T the converter writes: ``ReduceMean(Reshape(y, [T, -1, ...]), axes=[0])``."""
+    found = []
     for node in idx.graph.node:
         if node.op_type != "ReduceMean":
             continue
@@ -183,23 +182,39 @@ def _output_mean(idx: GraphIndex, out: str, T: int, new_nodes: list, states: lis
         if axes is None and len(node.input) > 1:
             axes = _consts(idx, node.input[1])
         if head is not None and list(head.reshape(-1)) == [T, -1] and axes is not None and list(axes) == [0] \
-                and _reaches(idx, node.output[0], out):
-            mean = node
-            break
-    if mean is None:
+                and not attr(node, "keepdims", 1):
+            found.append(node)
+    return found
+
+
+def _running_mean(idx: GraphIndex, mean: onnx.NodeProto, new_nodes: list, states: list, removed: list,
+                  steps: tuple[str, str]) -> str:
+    """A mean over T becomes ``sum = sum_before + y_t`` (a state) divided by the steps run; returns y_t."""
+    src = idx.producer[mean.input[0]].input[0]
+    base = mean.output[0]
+    s_in, s_out = idx.fresh(f"{base}/sum"), idx.fresh(f"{base}/sum.next")
+    new_nodes += [helper.make_node("Add", [s_in, src], [s_out], name=idx.fresh(f"{base}/sum_so_far")),
+                  helper.make_node("Div", [s_out, steps[1]], [mean.output[0]], name=mean.name or idx.fresh(base))]
+    removed.append(mean)
+    states.append({"kind": "output_sum", "layer": base, "in": s_in, "out": s_out, "of": src, "view": "same"})
+    return src
+
+
+def _output(idx: GraphIndex, out: str, means: dict, new_nodes: list) -> dict:
+    """Output ``out``: its any-time value, and its step value: the step's own tensor when one mean
+    over T feeds it (through a head at most), else (a detector's boxes decoded from several
+    means) the any-time value again."""
+    feeding = [m for m in means if _reaches(idx, m, out)]
+    if not feeding:
         raise GraphError(f"output {out!r}: no mean over T found behind it; the streaming export needs an SNN "
                          "made by `onnx2burst convert`")
-    src = idx.producer[mean.input[0]].input[0]
-    base = out
-    s_in, s_out, step_out = idx.fresh(f"{base}/sum"), idx.fresh(f"{base}/sum.next"), f"{base}.step"
-    if step_out in idx.names:
-        step_out = idx.fresh(step_out)
-    new_nodes += [helper.make_node("Add", [s_in, src], [s_out], name=idx.fresh(f"{base}/sum_so_far")),
-                  helper.make_node("Div", [s_out, steps[1]], [mean.output[0]], name=mean.name or idx.fresh(base)),
-                  helper.make_node("Identity", [src], [step_out], name=idx.fresh(f"{base}/this_step"))]
-    removed.append(mean)
-    states.append({"kind": "output_sum", "layer": out, "in": s_in, "out": s_out, "of": src, "view": "same"})
-    return {"name": out, "step": step_out, "head": _head(idx, mean.output[0], out)}
+    step = f"{out}.step"
+    if step in idx.names:
+        step = idx.fresh(step)
+    one = len(feeding) == 1
+    new_nodes.append(helper.make_node("Identity", [means[feeding[0]] if one else out], [step],
+                                      name=idx.fresh(f"{out}/this_step")))
+    return {"name": out, "step": step, "head": _head(idx, feeding[0], out) if one else "decoded"}
 
 
 def _reaches(idx: GraphIndex, src: str, dst: str) -> bool:
@@ -278,9 +293,8 @@ def build_stream(snn: onnx.ModelProto, ranks: dict | None = None) -> tuple[onnx.
     for node in list(g.node):
         if node.op_type == "CumSum":
             _lateral_sums(idx, node, new_nodes, states, removed)
-    outputs = []
-    for out in [o.name for o in g.output if o.name not in per_t]:
-        outputs.append(_output_mean(idx, out, T, new_nodes, states, removed, steps))
+    means = {m.output[0]: _running_mean(idx, m, new_nodes, states, removed, steps) for m in _time_means(idx, T)}
+    outputs = [_output(idx, out, means, new_nodes) for out in [o.name for o in g.output] if out not in per_t]
     _per_sample_divisions(idx, T)
     idx.remove_nodes(removed)
     g.node.extend(new_nodes)

@@ -82,6 +82,10 @@ class StreamSession:
                        + [s["out"] for s in self._states])
         with onnxruntime_errors(f"the streaming model {what}"):
             self._sess = make_session(m, kernel=kernel, threads=threads, layout="plain")
+        import onnxruntime as ort
+
+        self._quiet = ort.RunOptions()
+        self._quiet.log_severity_level = 4  # a failed run is raised as one error, not also logged
         self._state: dict | None = None
         self._batch = 0
         self._steps = 0
@@ -171,7 +175,7 @@ class StreamSession:
         """One step on checked ``feeds``: the state advances; returns this step's outputs."""
         feeds.update(self._state)
         with onnxruntime_errors("the streaming model"):
-            res = self._sess.run(self._fetch, feeds)
+            res = self._sess.run(self._fetch, feeds, self._quiet)
         k = len(self.output_names)
         step, self._pred = res[:k], res[k:2 * k]
         self._spikes = res[2 * k:2 * k + len(self.layers)]
