@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: all setup install test test-asan demo data bench clean
+.PHONY: all setup install test test-asan demo demo-detection data bench clean
 
 all: test
 
@@ -45,6 +45,14 @@ demo: setup
 	    --calib models/data/fmnist_calib.npz -o out/resnet20_fmnist.snn.onnx
 	$(BIN)/onnx2burst eval models/zoo/resnet20_fmnist.onnx out/resnet20_fmnist.snn.onnx \
 	    --data models/data/fmnist_test.npz
+
+# Convert the bundled ReLU detector (T=16, psi=4), print ANN vs SNN in mAP, draw out/detection.png.
+demo-detection: setup
+	@mkdir -p out
+	$(BIN)/onnx2burst convert models/zoo/det_fmnist.onnx --T 16 --psi 4 \
+	    --calib models/data/det_fmnist_calib.npz -o out/det_fmnist.snn.onnx
+	$(BIN)/onnx2burst eval models/zoo/det_fmnist.onnx out/det_fmnist.snn.onnx \
+	    --data models/data/det_fmnist_test.npz --figure out/detection.png
 
 bench: setup
 	$(BIN)/python benchmarks/kernel.py

@@ -171,3 +171,81 @@ def test_nms_and_map_by_hand():
     scores[0, 2, 1] = 0.0  # the second object missed: half the classes found
     m50, _ = coco_map(gt, detections(boxes[None], scores))
     assert m50 == pytest.approx(50.0)
+
+
+# ------------------------------------------------------------------ the bundled task and eval --task detection
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+DET = ROOT / "models" / "zoo" / "det_fmnist.onnx"
+DET_TEST = ROOT / "models" / "data" / "det_fmnist_test.npz"
+
+
+def test_canvases_are_deterministic_and_boxes_fit():
+    from models import detect_data as DD
+    imgs = np.random.default_rng(0).integers(0, 255, (50, 28, 28)).astype(np.uint8)
+    labels = np.arange(50) % 10
+    a, oa = DD.make_canvases(imgs, labels, 30, 5)
+    b, ob = DD.make_canvases(imgs, labels, 30, 5)
+    assert np.array_equal(a, b) and oa == ob
+    assert all(1 <= len(o) <= DD.MAX_ITEMS for o in oa)
+    for canvas, objs in zip(a, oa):
+        for x1, y1, x2, y2, c in objs:
+            assert 0 <= x1 < x2 <= DD.CANVAS and 0 <= y1 < y2 <= DD.CANVAS and 0 <= c < 10
+            assert canvas[y1:y2, x1:x2].max() > DD.PIXEL_ON
+    x, gt = DD.load_test(DET_TEST)
+    assert x.shape[1:] == (1, 64, 64) and len(gt["images"]) == len(x)
+
+
+def test_bundled_decoding_matches_numpy():
+    from models.detect import decode
+    x = np.load(DET_TEST)["input"][:8]
+    h4, h8, b, s = ops.make_session(onnx.load(DET)).run(["head_s4", "head_s8", "boxes", "scores"], {"input": x})
+    nb, ns = decode([h4, h8])
+    np.testing.assert_allclose(b, nb, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(s, ns, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def det_snn(tmp_path_factory):
+    d = tmp_path_factory.mktemp("det")
+    snn = onnx2burst.convert(str(DET), str(ROOT / "models" / "data" / "det_fmnist_calib.npz"), T=4, psi=4,
+                             samples=32)
+    onnx.save(snn, d / "det.snn.onnx")
+    return d
+
+
+def test_eval_scores_a_detector_in_map(det_snn):
+    import json
+
+    from click.testing import CliRunner
+
+    from onnx2burst.cli import main
+    png = det_snn / "det.png"
+    r = CliRunner().invoke(main, ["eval", str(DET), str(det_snn / "det.snn.onnx"), "--data", str(DET_TEST),
+                                  "--limit", "40", "--json", "--figure", str(png)])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["task"] == "detection" and out["samples"] == 40 and out["T"] == 4
+    assert 30 < out["ann"]["map50"] <= 100 and 0 < out["snn"]["map50"] <= 100
+    assert out["ann"]["map50_95"] < out["ann"]["map50"] and out["energy"]["spikes"] > 0
+    assert out["ann"]["map50_se"] > 0 and out["diff_se"]["map50"] >= 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_detection_bad_input_is_one_line(det_snn, tmp_path):
+    from click.testing import CliRunner
+
+    from onnx2burst.cli import main
+    snn = str(det_snn / "det.snn.onnx")
+    fm = str(ROOT / "models" / "data" / "fmnist_test.npz")
+    cases = [
+        (["eval", str(DET), snn, "--data", fm, "--task", "detection"], "no COCO annotations"),
+        (["eval", str(DET), snn, "--data", str(DET_TEST), "--figure", str(DET_TEST)], "--figure"),
+        (["eval", str(ROOT / "models" / "zoo" / "resnet20_fmnist.onnx"), snn, "--data", str(DET_TEST), "--limit", "4",
+          "--other-ann"], None),
+    ]
+    for args, want in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1, r.output
+        if want:
+            assert want in r.output, r.output

@@ -35,9 +35,14 @@ from .options import FiniteFloat, InputPath, max_memory_option, threads_option
               help="Exit threshold c (implies --adaptive; overrides the stored one).")
 @click.option("--exit-min-steps", type=click.IntRange(1, 4096), default=None,
               help="Earliest exit step (implies --adaptive; default: the stored rule's, else 1).")
+@click.option("--task", type=click.Choice(["auto", "classification", "detection"]), default="auto", show_default=True,
+              help="detection: mAP@0.5 and mAP@0.5:0.95 of outputs 'boxes'/'scores' against the COCO annotations of "
+                   "DATA (docs/detection.md); auto: detection when DATA carries COCO annotations.")
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="--task detection: also draw both models' detections on the first images to this PNG.")
 @max_memory_option
 def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_json, max_memory, other_ann,
-            adaptive, exit_confidence, exit_min_steps):
+            adaptive, exit_confidence, exit_min_steps, task, figure):
     """Compare ANN.onnx with its SNN.onnx on DATA.
 
     Reports top-1 of both (when the data has labels), how often they agree, the mean
@@ -48,11 +53,22 @@ def command(ann, snn, data, batch_size, limit, threads, kernel, e_ac, e_mac, as_
     Example:
       onnx2burst eval models/zoo/resnet20_fmnist.onnx resnet20.snn.onnx \\
           --data models/data/fmnist_test.npz --json
+      onnx2burst eval models/zoo/det_fmnist.onnx det.snn.onnx \\
+          --data models/data/det_fmnist_test.npz --figure det.png
     """
     from onnx2burst.evaluation import evaluate
 
     from .options import RichProgress, cli_errors
 
+    from onnx2burst.evaluation.detection import has_coco
+
+    from .eval_detection import detection_command
+
+    if task == "detection" or (task == "auto" and has_coco(data)):
+        if adaptive or exit_confidence is not None or exit_min_steps is not None:
+            raise click.UsageError("--adaptive/--exit-* score classifiers; DATA is a detection set (--task)")
+        return detection_command(ann, snn, data, batch_size=batch_size, limit=limit, threads=threads, kernel=kernel,
+                                 e_ac=e_ac, e_mac=e_mac, as_json=as_json, other_ann=other_ann, figure=figure)
     try:
         with cli_errors():
             r = evaluate(ann, snn, data, batch_size=batch_size, threads=threads, kernel=kernel,
