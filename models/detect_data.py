@@ -1,6 +1,6 @@
 """Multi-object Fashion-MNIST: canvases of 1-4 garments with boxes and classes (no downloads).
 
-    python -m models.detect_data [--train 16000] [--test 2000] [--store-test 400] [--calib 256]
+    python -m models.detect_data [--test 400] [--calib 256] [--out models/data]
 
 Each canvas is ``CANVAS x CANVAS`` (64x64) grey pixels, black background. Each of its 1-4
 items is a Fashion-MNIST image scaled to 16..32 pixels (bilinear) and pasted at a random
@@ -14,8 +14,8 @@ images only; seeds are fixed, so the sets are the same on every run. Input of th
 
 Stored (``models/data``): ``det_fmnist_test.npz`` (the first ``--store-test`` test canvases:
 ``input`` float32, ``coco`` the COCO-format annotations as UTF-8 JSON bytes (uint8), and
-``boxes``/``classes``/``counts`` flat), ``det_fmnist_calib.npz`` (training canvases that are
-not training canvases of the detectors, ``input`` only) and ``det_fmnist_test.coco.json``.
+``boxes``/``classes``/``counts`` flat), ``det_fmnist_calib.npz`` (canvases of training images,
+drawn with their own seed: calibration data, ``input`` only) and ``det_fmnist_test.coco.json``.
 """
 from __future__ import annotations
 

@@ -234,3 +234,37 @@ def test_interop_supports_or_refuses_alpha_by_name(leaky_snn, tmp_path):
         assert r.exit_code != 0 and "relu0" in r.output and "Traceback" not in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1, r.output
         assert not (tmp_path / "out.x").exists()
+
+
+def test_energy_counts_both_signs(leaky_snn):
+    """The spikes the energy model counts are |Y| / theta summed over steps and neurons."""
+    from onnx2burst.calibration.augment import with_outputs
+    from onnx2burst.evaluation.energy import with_spike_outputs
+    from onnx2burst.snn import read_snn
+    snn, x = leaky_snn
+    m, names = with_spike_outputs(snn)
+    nrn = read_snn(snn).neurons[0]
+    sess = ops.make_session(with_outputs(m, [nrn.y, names[0]]), kernel=False)
+    y, spikes = sess.run(None, {"x": x})
+    T, N = nrn.T, x.shape[0]
+    theta = nrn.theta.reshape(1, 1, -1, *([1] * (y.ndim - 2)))
+    counts = np.abs(y.reshape((T, N) + y.shape[1:]) / theta)
+    np.testing.assert_allclose(spikes, counts.reshape(T, N, -1).sum(axis=(0, 2)), rtol=1e-5)
+    assert (y < 0).any()
+
+
+def test_threshold_fit_models_the_signed_neuron_exactly():
+    """For inputs constant over the steps, the fit's Q is the neuron's mean output on both sides:
+    the fit's squared errors equal those of the reference neuron run at each candidate."""
+    from onnx2burst.tuning.thresholds import ThresholdSearch
+    T, psi, alpha = 8, 2, 0.1
+    x = np.random.default_rng(5).uniform(-30, 2.5, 400).astype(np.float32)
+    a = np.where(x > 0, x, np.float32(alpha) * x).astype(np.float32)
+    search = ThresholdSearch(np.array([1.0]), T, psi, np.array([1.0, 0.8, 0.55]), per_channel=False,
+                             alpha=[alpha])
+    search.update(a[None, :])
+    for k, f in enumerate(search.factors):
+        y, _ = ops.burst_if(np.tile(x[None, :], (T, 1)), np.array([f], np.float32), T, psi,
+                            alpha=np.array([alpha], np.float32))
+        want = float(((a - y.reshape(T, -1).mean(0)) ** 2).sum())
+        assert search.errors[k, 0] == pytest.approx(want, rel=1e-3), (f, search.errors[k, 0], want)

@@ -10,9 +10,10 @@ batch and neuron a ``ThresholdSearch`` adds, for each of the 95 candidates
 
     Q(a) = theta/T * clip(floor(T*a/theta + 0.5), 0, psi*T)     (round, not floor)
 
-For a signed neuron (LeakyReLU/PReLU, §2) the activations below 0 count too, clipped at
-``-psi*T``: a negative spike is worth ``-theta`` (its threshold is ``theta / alpha`` on the
-pre-activation, so on the post-activation ``a = alpha * x`` the steps are the same).
+For a signed neuron (LeakyReLU/PReLU, §2) the activations below 0 count too: a negative spike
+is worth ``-theta`` (its threshold is ``theta / alpha`` on the pre-activation, so on the
+post-activation ``a = alpha * x`` the steps are the same), and the negative side rounds
+towards zero, ``Q(a) = -theta/T * clip(floor(-T*a/theta + alpha/2), 0, psi*T)`` for a < 0.
 
 and keeps the argmin. Memory is one batch of activations plus ``[95, C]`` sums, for any
 number of samples. The stored ``vth`` is that theta; the neuron fires at ``tau * vth``
@@ -75,8 +76,12 @@ class ThresholdSearch:
     """
 
     def __init__(self, ref: np.ndarray, T: int, psi: int, factors: np.ndarray, per_channel: bool = True,
-                 signed: bool = False):
-        self.signed = signed
+                 signed: bool = False, alpha=None):
+        self.signed = signed or alpha is not None
+        # a signed neuron's negative side rounds towards zero (§2): its count is
+        # floor(T|a|/theta + alpha/2), so the fit models that rather than a rounding
+        a = np.asarray(alpha if alpha is not None else [1.0], np.float32).reshape(-1)
+        self._half_neg = (a if a.size == np.asarray(ref).size or a.size == 1 else a.mean(keepdims=True)) / 2
         self.ref = np.asarray(ref, np.float64).reshape(-1)
         self.T, self.psi = int(T), int(psi)
         self.factors = np.asarray(factors, np.float64)
@@ -101,13 +106,24 @@ class ThresholdSearch:
         scale = (self.ref ** 2)[nonempty]
         buf = np.empty_like(z)
         top = np.float32(self.psi * self.T)
+        if self.signed:
+            half_c = np.broadcast_to(self._half_neg, (self.ref.size,)).astype(np.float32)
+            neg = z < 0
+            half = np.where(neg, np.repeat(half_c, counts), np.float32(0.5)).astype(np.float32)
+            sgn = np.where(neg, np.float32(-1), np.float32(1))
+            absz = np.abs(z)
         for k, f in enumerate(self.factors):
-            np.multiply(z, np.float32(self.T / f), out=buf)
-            buf += np.float32(0.5)
-            np.floor(buf, out=buf)
-            np.minimum(buf, top, out=buf)
-            if self.signed:
-                np.maximum(buf, -top, out=buf)
+            if self.signed:  # sign(a) * clip(floor(T|a|/theta + half), 0, psi*T)
+                np.multiply(absz, np.float32(self.T / f), out=buf)
+                buf += half
+                np.floor(buf, out=buf)
+                np.minimum(buf, top, out=buf)
+                buf *= sgn
+            else:
+                np.multiply(z, np.float32(self.T / f), out=buf)
+                buf += np.float32(0.5)
+                np.floor(buf, out=buf)
+                np.minimum(buf, top, out=buf)
             buf *= np.float32(f / self.T)
             np.subtract(z, buf, out=buf)
             np.multiply(buf, buf, out=buf)
@@ -268,7 +284,7 @@ def search_thresholds(canonical: Canonical, analysis: Analysis, data: Calibratio
                 result[(n.name, psi, tau)] = ref.astype(np.float32)
             else:
                 searches[(n.name, psi, tau)] = ThresholdSearch(ref, T, psi, factors, n.per_channel,
-                                                               signed=_signed(n))
+                                                               alpha=n.alpha if _signed(n) else None)
     if searches:
         wanted = [n for n in analysis.neurons if any(k[0] == n.name for k in searches)]
         runner = Runner(with_outputs(canonical.model, [n.output for n in wanted]), threads=threads, kernel=False)
