@@ -41,9 +41,15 @@ def _row(label, ann, snn, boot, threads):
     computed once per ANN and each SNN pairs with them."""
     r = evaluate_detection(ann, snn, TEST, boot=0, threads=threads, keep=True)
     gt, n = coco_ground_truth(TEST), r["samples"]
+    done = [0]
+
+    def tick(k):
+        done[0] += k
+        if done[0] % 20 == 0:
+            print(f"    bootstrap {done[0]}", flush=True)
     if ann not in _ANN_BOOT:
-        _ANN_BOOT[ann] = bootstrap_maps(gt, r["ann"]["detections"], n, boot)
-    ba, bs = _ANN_BOOT[ann], bootstrap_maps(gt, r["snn"]["detections"], n, boot)
+        _ANN_BOOT[ann] = bootstrap_maps(gt, r["ann"]["detections"], n, boot, advance=tick)
+    ba, bs = _ANN_BOOT[ann], bootstrap_maps(gt, r["snn"]["detections"], n, boot, advance=tick)
     for key, b in (("ann", ba), ("snn", bs)):
         r[key]["map50_se"], r[key]["map50_95_se"] = (float(v) for v in np.std(b, 0, ddof=1))
         del r[key]["detections"]

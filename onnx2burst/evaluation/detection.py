@@ -137,7 +137,8 @@ def coco_map(gt: dict, results: list[dict], n_images: int | None = None) -> tupl
     return _coco_eval(_coco(gt), results, ids)
 
 
-def bootstrap_maps(gt: dict, results: list[dict], n_images: int, boot: int, seed: int = 0) -> np.ndarray:
+def bootstrap_maps(gt: dict, results: list[dict], n_images: int, boot: int, seed: int = 0,
+                   advance=None) -> np.ndarray:
     """``[boot, 2]``: mAP@0.5 and mAP@0.5:0.95 of ``results`` on ``boot`` resamples of the first
     ``n_images`` images (drawn with replacement). The same ``seed`` draws the same resamples, so
     two models' arrays pair up for the standard error of their difference."""
@@ -159,6 +160,8 @@ def bootstrap_maps(gt: dict, results: list[dict], n_images: int, boot: int, seed
             dts += [{**r, "image_id": new} for r in by_img.get(old, [])]
         coco = _coco({"images": images, "annotations": gts, "categories": gt["categories"]})
         out[k] = _coco_eval(coco, dts, range(len(images)))
+        if advance is not None:
+            advance(1)
     return out
 
 
@@ -231,13 +234,16 @@ def evaluate_detection(ann, snn, data, *, batch_size: int = 64, threads: int | N
         with onnxruntime_errors("the SNN on the data"):
             s_out, s_sec = _decoded(s_sess, _batches(ds, batch_size, fixed_s), list(a_names) + spike_names, st.advance)
     res = {}
-    for key, (b, s) in (("ann", a_out[:2]), ("snn", s_out[:2])):
-        r = detections(b, s)
-        m50, m = coco_map(gt, r, n)
-        res[key] = {"map50": m50, "map50_95": m, "map50_se": None, "map50_95_se": None, "detections": r}
-        if boot > 1:
-            res[key]["boot"] = bootstrap_maps(gt, r, n, boot)
-            res[key]["map50_se"], res[key]["map50_95_se"] = (float(v) for v in np.std(res[key]["boot"], 0, ddof=1))
+    with progress_or_null(progress).stage("mAP, bootstrap", 2 * max(boot, 0) + 2) as st:
+        for key, (b, s) in (("ann", a_out[:2]), ("snn", s_out[:2])):
+            r = detections(b, s)
+            m50, m = coco_map(gt, r, n)
+            st.advance(1)
+            res[key] = {"map50": m50, "map50_95": m, "map50_se": None, "map50_95_se": None, "detections": r}
+            if boot > 1:
+                res[key]["boot"] = bootstrap_maps(gt, r, n, boot, advance=st.advance)
+                res[key]["map50_se"], res[key]["map50_95_se"] = (float(v) for v in np.std(res[key]["boot"], 0,
+                                                                                          ddof=1))
     if boot > 1:
         d = res["snn"]["boot"] - res["ann"]["boot"]
         res["diff_se"] = {"map50": float(np.std(d[:, 0], ddof=1)), "map50_95": float(np.std(d[:, 1], ddof=1))}
