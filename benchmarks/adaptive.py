@@ -150,10 +150,13 @@ def main() -> None:
     ap.add_argument("--time-samples", type=int, default=200, help="images timed at batch 1 (default 200)")
     args = ap.parse_args()
     x, labels = common.test_set("full", args.limit)
-    results = [measure(m, T, x, labels, args) for m in args.models for T in args.T]
-    common.write_json(args.out.with_suffix(".json"), results)
-    _plot(results, args.out.with_suffix(".png"))
-    common.write_text(args.out, _table(results, args))
+    results = []
+    for T in args.T:
+        for m in args.models:
+            results.append(measure(m, T, x, labels, args))
+            common.write_json(args.out.with_suffix(".json"), results)  # what is measured so far, after each
+            _plot(results, args.out.with_suffix(".png"))
+            common.write_text(args.out, _table(results, args))
     print(f"wrote {args.out}")
 
 

@@ -240,3 +240,25 @@ def test_choose_rule_keeps_each_agreeing_sample():
     assert summary["mean_timesteps"] == pytest.approx(7 / 3) and summary["agreement"] == 1.0
     loose, _ = choose_rule(preds, ann, tol=50.0)
     assert exit_steps(np.stack([scores(p, None) for p in preds]), loose.c, loose.t_min).mean() < 7 / 3
+
+
+def test_export_torch_of_a_streaming_model_is_its_step(converted, tmp_path):
+    torch = pytest.importorskip("torch")
+    from onnx2burst.interop.torch import export
+
+    name, _, snn, stream = converted
+    if "logsoftmax" in name:
+        pytest.skip("onnx2burst.torch has no LogSoftmax")
+    export(stream, tmp_path / "s.pt")
+    step = torch.jit.load(str(tmp_path / "s.pt"))
+    s = StreamSession(stream)
+    x = fm.inputs(snn, 3, seed=4)
+    s.reset(3)
+    state = {k: torch.zeros(v) for k, v in s.state_shapes(3).items()}
+    order = [i.name for i in stream.graph.input if i.name not in {t.name for t in stream.graph.initializer}]
+    names = [o.name for o in stream.graph.output]
+    for _ in range(s.T):
+        out = dict(zip(names, step(*[torch.from_numpy(x) if n == "x" else state[n] for n in order])))
+        state = {st["in"]: out[st["out"]] for st in s.info["states"]}
+        s.step({"x": x})
+    np.testing.assert_allclose(out[s.output_names[0]].numpy(), s.prediction()[0], rtol=1e-4, atol=1e-5)
