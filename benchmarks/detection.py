@@ -16,7 +16,6 @@ benchmarks/results/detection.json.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,7 +96,8 @@ def _markdown(rows, args, seconds) -> str:
     lines = [
         "# Detection: the bundled detectors and their SNNs",
         "",
-        "Made by `python benchmarks/detection.py` (" + " ".join(sys.argv[1:]) + f") in {seconds:.0f} s on "
+        f"Made by `python benchmarks/detection.py --T {','.join(map(str, args.T))} --psi {args.psi} --boot {args.boot}` "
+        f"in {seconds:.0f} s on "
         f"{common.machine()}. Test set: the {rows[0]['samples']} bundled canvases "
         "(`models/data/det_fmnist_test.npz`, 1-4 Fashion-MNIST items each); calibration: the 256 canvases "
         "of `models/data/det_fmnist_calib.npz`. mAP in points, pycocotools after numpy NMS "
