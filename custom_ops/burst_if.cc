@@ -303,6 +303,7 @@ int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float
 //   sp = clip(floor(u1/theta), 0, psi); sn = clip(floor((w1 - u1)/theta_n), 0, psi_neg)
 //   u = (u1 - sp*theta) + sn*theta_n; Y[t] = sp*theta - sn*theta
 template <bool ADD>
+__attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
 int32_t StepSigned(const float* __restrict xt, const float* __restrict rt, float* __restrict yt,
                    float* __restrict u, float* __restrict w, const float* __restrict prm, int64_t len) {
   const float* th = prm;
