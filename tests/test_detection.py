@@ -249,3 +249,12 @@ def test_eval_detection_bad_input_is_one_line(det_snn, tmp_path):
         assert len(r.output.strip().splitlines()) == 1, r.output
         if want:
             assert want in r.output, r.output
+
+
+def test_upsampled_spikes_count_their_copies(det_snn):
+    """SynOps (docs/method.md §7): a spike upsampled 2x by the neck's Resize reaches 4 positions of
+    the 1x1 fuse conv (32 outputs each), and the 1x1 head (15): fanout 4 * 32 + 15."""
+    from onnx2burst.evaluation.energy import energy_model
+    em = energy_model(onnx.load(det_snn / "det.snn.onnx"))
+    fan = {layer.name.split("/")[-2]: layer.fanout for layer in em.layers}
+    assert fan["s8.1.2"] == 4 * 32 + 15 and fan["fuse.1.2"] == 15 and not em.notes

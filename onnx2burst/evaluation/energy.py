@@ -18,7 +18,8 @@ Fanout of a spike, per receiving layer (several receivers add up):
 - another BurstIF reached directly (an identity shortcut into a residual sum): 1;
 - pass-through ops are followed to the next receivers: Flatten, Reshape, Add, Concat, ...;
   AveragePool/MaxPool multiply by ``prod(kernel)/prod(strides)`` (1 for the usual 2x2/2),
-  GlobalAveragePool by 1 (it folds into the next linear layer);
+  GlobalAveragePool by 1 (it folds into the next linear layer); Resize/Upsample by the output
+  elements per input element (4 for a 2x upsampling: each spike reaches four positions);
 - lateral-inhibition pooling (``--maxpool lateral``): the spikes reach the next layer through
   the ``Gather`` of the winners, scaled like the MaxPool that picks them; the running sums that
   pick the winners are indices, not spikes, and drive no synapse.
@@ -175,6 +176,15 @@ class _Graph:
         return self._shapes.get(name)
 
 
+def _copies(g: _Graph, node: onnx.NodeProto) -> float | None:
+    """Output elements per input element of a Resize/Upsample (4 for 2x upsampling), from the
+    inferred shapes (None when unknown)."""
+    a, b = g.shape(node.input[0]), g.shape(node.output[0])
+    if not a or not b or len(a) != len(b) or not all(isinstance(d, int) and d > 0 for d in (*a[1:], *b[1:])):
+        return None
+    return math.prod(b[1:]) / math.prod(a[1:])
+
+
 def _pool_factor(node: onnx.NodeProto) -> float:
     k = list(_attr(node, "kernel_shape", []))
     s = list(_attr(node, "strides", [])) or [1] * len(k)
@@ -236,6 +246,9 @@ def _receivers(g: _Graph, tensor: str, factor: float, notes: list[str], depth: i
             picker = g.producer.get(node.input[1]) if len(node.input) > 1 else None
             f = _pool_factor(picker) if picker is not None and picker.op_type == "MaxPool" else 1.0
             out.extend(_receivers(g, node.output[0], factor * f, notes, depth + 1))
+        elif op in ("Resize", "Upsample") and _copies(g, node) is not None:
+            for o in node.output[:1]:  # each input element reaches as many outputs as it is copied to
+                out.extend(_receivers(g, o, factor * _copies(g, node), notes, depth + 1))
         else:
             how = PASS_THROUGH.get(op)
             if how is None:
