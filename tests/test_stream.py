@@ -174,23 +174,34 @@ def test_what_is_not_an_snn_is_refused(converted):
         export_stream(odd)
 
 
-def test_signed_neurons_are_refused_by_name(converted):
-    """A neuron with a negative slope (attribute alpha > 0) has no streaming step here yet; a slope of
-    0 everywhere is the plain neuron and streams."""
-    _, _, snn, _ = converted
-    for value, ok in (([0.0], True), ([0.25], False)):
-        m = onnx.ModelProto()
-        m.CopyFrom(snn)
-        node = next(n for n in m.graph.node if n.op_type == "BurstIF")
-        node.attribute.append(onnx.helper.make_attribute("alpha", value))
-        if ok:  # streams where SNN files may carry alpha; otherwise read_snn names it
-            try:
-                export_stream(m, check=False)
-            except ConfigError as e:
-                assert "alpha" in str(e)
-            continue
-        with pytest.raises((GraphError, ConfigError), match="alpha"):
-            export_stream(m)
+@pytest.mark.parametrize("kernel", KERNEL)
+def test_signed_neurons_stream_bit_for_bit(kernel):
+    """LeakyRelu neurons (attribute alpha: negative spikes) carry their accumulated offset as a state
+    shared by the samples; T steps equal the SNN, and samples leaving run_adaptive keep it."""
+    ann = fm.residual()
+    for n in ann.graph.node:
+        if n.op_type == "Relu":
+            n.op_type = "LeakyRelu"
+            n.attribute.append(onnx.helper.make_attribute("alpha", 0.1))
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=5, psi=2)
+    assert any(a.name == "alpha" for n in snn.graph.node for a in n.attribute)
+    stream = export_stream(snn)
+    x = fm.inputs(ann, 6, seed=12)
+    want = ops.make_session(snn, kernel=kernel).run(None, {"x": x})[0]
+    s, _ = _steps(stream, x, 5)
+    assert np.array_equal(s.prediction()[0], want)
+    assert any(st["kind"] == "shared" for st in s.info["states"])
+    run = s.run_adaptive({"x": x}, rule=ExitRule(0.0, t_min=2))  # everyone leaves after step 2
+    assert run.exit_steps.tolist() == [2] * 6
+    s.reset(6)
+    s.step({"x": x})
+    two = s.step({"x": x})
+    assert np.array_equal(run.outputs[0], s.prediction()[0]) and two is not None
+    first = s.run_adaptive({"x": x}, rule=ExitRule(float(np.median(scores(want, None))), t_min=1))
+    for i in range(6):  # each sample alone gives what it gave in the batch that shrank around it
+        one = s.run_adaptive({"x": x[i:i + 1]}, rule=ExitRule(float(np.median(scores(want, None))), t_min=1))
+        assert one.exit_steps[0] == first.exit_steps[i]
+        assert np.array_equal(one.outputs[0][0], first.outputs[0][i])
 
 
 def test_a_portable_file_streams_like_its_snn(converted):

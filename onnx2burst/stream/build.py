@@ -29,19 +29,22 @@ from onnx import TensorProto, helper
 from ..errors import ConfigError, GraphError
 from ..graph import GraphIndex, topological_sort
 from ..graph.index import attr
-from ..ops.function import _step_body
+from ..ops.function import _signed_step_body, _step_body
 from ..ops.schema import DOMAIN
 from ..rewrite.rewriter import LATERAL_TAG
 from ..snn import METADATA_PREFIX, read_snn
 
-__all__ = ["build_stream", "stream_info", "STREAM_KEY", "STEPS_STATE"]
+__all__ = ["build_stream", "stream_info", "STREAM_KEY", "STEPS_STATE", "SHARED_KINDS"]
 
 STREAM_KEY = METADATA_PREFIX + "stream"
 STEPS_STATE = "steps"
+#: states with no batch axis: the step count, a signed neuron's accumulated offset (the same for every sample)
+SHARED_KINDS = ("steps", "shared")
 #: the step body's inputs this export knows, and what feeds each (docs/method.md §2)
 #: the BurstIF attributes whose step this export builds (docs/method.md §2)
-_ATTRIBUTES = ("T", "psi", "tau")
-_BODY_INPUTS = {"u_in", "spk_in", "theta_in", "offset_in", "psi_in", "fires_in", "x_t"}
+_ATTRIBUTES = ("T", "psi", "tau", "alpha")
+_BODY_INPUTS = {"u_in", "spk_in", "theta_in", "offset_in", "psi_in", "fires_in", "x_t",
+                "w_in", "stepw_in", "thetan_in", "neg_in"}   # the last four: the signed neuron's
 
 
 def _consts(idx: GraphIndex, name: str):
@@ -64,16 +67,14 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
     """Replace a BurstIF node by its one-step form; returns the name of its spikes output."""
     n = neuron.node
     extra = sorted({a.name for a in n.attribute} - set(_ATTRIBUTES))
-    alpha = [a for a in n.attribute if a.name == "alpha"]
-    if alpha and not np.any(np.asarray(helper.get_attribute_value(alpha[0]), np.float64) != 0):
-        extra.remove("alpha")  # a slope of 0 everywhere: the plain neuron, the same bits
+    signed = neuron.alpha is not None and bool((neuron.alpha > 0).any())  # alpha 0 everywhere: the plain step
     if extra:
         raise GraphError(f"BurstIF {neuron.name}: attribute(s) {', '.join(extra)} are not supported by the "
                          "streaming export")
     if neuron.vth is None:
         raise GraphError(f"BurstIF {neuron.name}: its threshold {neuron.vth_name!r} is not an initializer; "
                          "the streaming export needs it constant")
-    body = _step_body()
+    body = _signed_step_body() if signed else _step_body()
     unknown = sorted({i.name for i in body.input} - _BODY_INPUTS)
     if unknown:
         raise GraphError(f"BurstIF {neuron.name}: the neuron's step has inputs {unknown} that the streaming "
@@ -96,13 +97,26 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
         "psi_in": idx.set_const(f("psi"), np.array(float(neuron.psi), np.float32)),
         "fires_in": idx.set_const(f("fires"), fires),
     }
+    states_w = None
+    if signed:  # the negative side, formed as the fallback function forms it (docs/method.md §2)
+        alpha = neuron.alpha.reshape(theta.shape[:1] + (-1,) + theta.shape[2:])
+        apos = alpha > 0
+        thn_raw = (theta / np.where(apos, alpha, np.float32(1))).astype(np.float32)
+        neg = fires & apos & ~(thn_raw > np.float32(3.4028234663852886e38))
+        stepw = (offset + offset).astype(np.float32)
+        w_in, w_out = f("w"), f("w.next")
+        names.update({"w_in": w_in, "w_out": w_out, "stepw_in": idx.set_const(f("step_w"), stepw),
+                      "thetan_in": idx.set_const(f("theta_n"), np.where(neg, thn_raw, np.float32(1))),
+                      "neg_in": idx.set_const(f("negative"), neg)})
+        states_w = {"kind": "shared", "layer": neuron.name, "in": w_in, "out": w_out, "of": "", "view": "shared",
+                    "shape": list(stepw.shape)}
     if natural:  # the spike count sums over every axis but the batch
         names["ax12"] = idx.set_const(f("per_sample_axes"), np.arange(1, rank, dtype=np.int64))
     else:
         flat = idx.set_const(f("as_NCK"), np.array([0, 0, -1], np.int64))
         new_nodes += [helper.make_node("Shape", [neuron.x], [shape], name=f("shape_of")),
                       helper.make_node("Reshape", [neuron.x, flat], [x3], name=f("to_NCK"))]
-    kept_outputs = {"u_out", "y_t", "spk_out"}
+    kept_outputs = {"u_out", "y_t", "spk_out", "w_out"}
     for b in _specialise(list(body.node), fires_all=bool(fires.all())):
         if all(o.endswith("_out") and o not in kept_outputs for o in b.output):
             continue  # the pass-through states
@@ -122,6 +136,8 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
         new_nodes.append(helper.make_node("Reshape", [y3, shape], [neuron.y], name=neuron.name))
     states.append({"kind": "membrane", "layer": neuron.name, "in": u_in, "out": u_out, "of": neuron.x,
                    "view": "same" if natural else "NCK"})
+    if states_w:
+        states.append(states_w)
     return spikes
 
 

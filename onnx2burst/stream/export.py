@@ -15,7 +15,7 @@ from onnx import helper
 
 from ..errors import ConfigError, GraphError, onnxruntime_errors
 from ..snn import METADATA_PREFIX, read_snn
-from .build import build_stream, stream_info
+from .build import SHARED_KINDS, build_stream, stream_info
 
 __all__ = ["export_stream", "probe_feeds", "stream_info"]
 
@@ -72,6 +72,8 @@ def _state_shapes(snn: onnx.ModelProto, info: dict) -> None:
         if s["view"] == "scalar":
             s["shape"] = []
             continue
+        if s["view"] == "shared":  # the same for every sample: its shape is known
+            continue
         shape = list(outs[s["of"]].shape)
         if not shape or shape[0] != T:
             raise GraphError(f"tensor {s['of']!r} has shape {shape}; a time-folded tensor at batch 1 has T={T} rows")
@@ -103,7 +105,7 @@ def _declare_shapes(stream: onnx.ModelProto, info: dict) -> None:
     """Typed inputs and outputs: states ``[N, ...]`` (the step count a scalar), outputs float32."""
     shapes = {}
     for st in info["states"]:
-        shape = list(st["shape"]) if st["kind"] == "steps" else ["N"] + list(st["shape"])
+        shape = list(st["shape"]) if st["kind"] in SHARED_KINDS else ["N"] + list(st["shape"])
         shapes[st["in"]] = shapes[st["out"]] = shape
     for vi in list(stream.graph.input) + list(stream.graph.output):
         if vi.name in shapes:

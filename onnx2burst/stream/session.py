@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError, onnxruntime_errors
+from .build import SHARED_KINDS
 from .rule import ExitRule
 
 __all__ = ["StreamSession", "StreamState", "AdaptiveRun"]
@@ -104,7 +105,7 @@ class StreamSession:
 
     def state_shapes(self, batch_size: int) -> dict[str, tuple]:
         """Shape of each state input at ``batch_size``."""
-        return {s["in"]: tuple(s["shape"]) if s["kind"] == "steps" else (batch_size, *s["shape"])
+        return {s["in"]: tuple(s["shape"]) if s["kind"] in SHARED_KINDS else (batch_size, *s["shape"])
                 for s in self._states}
 
     def reset(self, batch_size: int = 1) -> None:
@@ -132,7 +133,7 @@ class StreamSession:
         want = set(self.state_shapes(1))
         if set(state.arrays) != want:
             raise ConfigError(f"the state's tensors {sorted(state.arrays)} are not this model's {sorted(want)}")
-        first = next(s for s in self._states if s["kind"] != "steps")
+        first = next(s for s in self._states if s["kind"] not in SHARED_KINDS)
         batch = np.shape(state.arrays[first["in"]])[0] if np.ndim(state.arrays[first["in"]]) else 0
         shapes = self.state_shapes(batch)
         for k, v in state.arrays.items():
@@ -217,6 +218,7 @@ class StreamSession:
         spikes = np.zeros((len(self.layers), n))
         outs: list | None = None
         now = dict(feeds)
+        shared = {s["in"] for s in self._states if s["kind"] in SHARED_KINDS}
         while len(active):
             step = self._run(dict(now))
             spikes[:, active] += self.step_spikes()
@@ -233,7 +235,7 @@ class StreamSession:
                 keep = ~done
                 active = active[keep]
                 if len(active):
-                    self._state = {k: (v if v.ndim == 0 else v[keep]) for k, v in self._state.items()}
+                    self._state = {k: (v if k in shared else v[keep]) for k, v in self._state.items()}
                     self._batch = len(active)
                     now = {k: v[active] for k, v in feeds.items()}
         return AdaptiveRun(outs or [], exits, spikes)

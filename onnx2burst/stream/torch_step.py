@@ -52,7 +52,8 @@ class TorchStream:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"reset: batch_size must be an integer >= 1, got {batch_size!r}")
         t = self._torch
-        self._state = {s["in"]: t.zeros(list(s["shape"]) if s["kind"] == "steps" else [batch_size, *s["shape"]],
+        shared = ("steps", "shared")  # no batch axis
+        self._state = {s["in"]: t.zeros(list(s["shape"]) if s["kind"] in shared else [batch_size, *s["shape"]],
                                         dtype=t.float32, device=self.device) for s in self._states}
         self._batch = batch_size
         self._pred = None
