@@ -268,3 +268,24 @@ def test_threshold_fit_models_the_signed_neuron_exactly():
                             alpha=np.array([alpha], np.float32))
         want = float(((a - y.reshape(T, -1).mean(0)) ** 2).sum())
         assert search.errors[k, 0] == pytest.approx(want, rel=1e-3), (f, search.errors[k, 0], want)
+
+
+def test_the_search_refuses_signed_neurons_by_name(leaky_snn, tmp_path):
+    """BSR/SSC measure ReLU candidates: convert --bsr and search --snn on signed neurons are one
+    line naming the layers, nothing written."""
+    from click.testing import CliRunner
+
+    from onnx2burst.cli import main
+    m, calib, _ = _leaky_residual()
+    snn, _ = leaky_snn
+    onnx.save(m, tmp_path / "leaky.onnx")
+    onnx.save(snn, tmp_path / "leaky.snn.onnx")
+    np.save(tmp_path / "calib.npy", calib)
+    base = ["--calib", str(tmp_path / "calib.npy"), "--T", "4", "--psi", "2", "--calib-samples", "32"]
+    for args in (["convert", str(tmp_path / "leaky.onnx"), *base, "--bsr", "-q", "-o", str(tmp_path / "o.onnx")],
+                 ["search", str(tmp_path / "leaky.onnx"), "--snn", str(tmp_path / "leaky.snn.onnx"), *base, "--ssc",
+                  "--out", str(tmp_path / "rep"), "-o", str(tmp_path / "o.onnx")]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and "signed neurons" in r.output and "relu0" in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "rep").exists()

@@ -41,6 +41,15 @@ def search_session(model: onnx.ModelProto, threads, kernel, arena: bool = True):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+def refuse_signed(names) -> None:
+    """BSR/SSC measure ReLU candidates only: a signed neuron (LeakyRelu/PRelu, attribute alpha)
+    is a ``ConfigError`` naming the layers, before anything runs."""
+    names = list(names)
+    if names:
+        raise ConfigError(f"--bsr/--ssc do not search signed neurons (LeakyRelu/PRelu) yet: {names[:5]}"
+                          f"{' ...' if len(names) > 5 else ''}; convert without the search")
+
+
 class SearchGraphs:
     """The baseline session, one tail session per neuron, one neuron session per (rank, psi)."""
 
@@ -48,6 +57,7 @@ class SearchGraphs:
         self.snn = snn
         self.threads, self.kernel = threads, kernel
         view = read_snn(snn, require_vth=True)
+        refuse_signed(nr.name for nr in view.neurons if nr.signed)
         self.neurons = view.neurons
         g = snn.graph
         self.inputs = view.inputs

@@ -20,6 +20,7 @@ from ..config import SearchConfig
 from ..errors import ConfigError
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
+from .graphs import refuse_signed
 from .select import SearchChoice, choose_bsr, choose_ssc
 from .prune import Prune
 from .tables import Measurement, VthProvider, measure
@@ -143,6 +144,7 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
     if config.bsr and target > config.psi_max:
         raise ConfigError(f"--bsr: the budget is the energy of psi = {target} (--psi-target, else --psi), above "
                           f"--psi-max {config.psi_max}; raise --psi-max or lower --psi-target")
+    refuse_signed(n.name for n in conv.analysis.neurons if n.alpha is not None and any(a > 0 for a in n.alpha))
     progress = progress_or_null(progress)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
