@@ -220,8 +220,6 @@ def test_torch_steps_agree_with_the_streaming_model(converted):
     from onnx2burst.stream import TorchStream
 
     name, _, snn, stream = converted
-    if "logsoftmax" in name:
-        pytest.skip("onnx2burst.torch has no LogSoftmax (the SNN does not load either)")
     x = fm.inputs(snn, 4, seed=6)
     T = StreamSession(stream).T
     ts = TorchStream(stream)
@@ -258,8 +256,6 @@ def test_export_torch_of_a_streaming_model_is_its_step(converted, tmp_path):
     from onnx2burst.interop.torch import export
 
     name, _, snn, stream = converted
-    if "logsoftmax" in name:
-        pytest.skip("onnx2burst.torch has no LogSoftmax")
     export(stream, tmp_path / "s.pt")
     step = torch.jit.load(str(tmp_path / "s.pt"))
     s = StreamSession(stream)

@@ -163,6 +163,8 @@ def _op(node, a, xs):  # noqa: C901 - one branch per op
         return [torch.relu(x)]
     if op == "Softmax":
         return [torch.softmax(x, dim=int(a.get("axis", -1)))]
+    if op == "LogSoftmax":
+        return [torch.log_softmax(x, dim=int(a.get("axis", -1)))]
     if op == "Identity":
         return [x]
     if op == "Flatten":
@@ -295,7 +297,7 @@ def _op(node, a, xs):  # noqa: C901 - one branch per op
     raise NotImplementedError(f"node {node.name!r}: op {op!r} is not supported by onnx2burst.torch")
 
 
-SUPPORTED_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Relu Softmax Identity Flatten Reshape Transpose Tile
+SUPPORTED_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Relu Softmax LogSoftmax Identity Flatten Reshape Transpose Tile
 ReduceMean ReduceSum AveragePool MaxPool GlobalAveragePool GlobalMaxPool Concat Shape Slice Gather Unsqueeze
 Squeeze Pad Constant BurstIF CumSum ArgMax GatherElements Floor Greater Where Min""".split())
 
