@@ -3,8 +3,10 @@
     python benchmarks/detection.py [--T 4,8,16] [--boot 60] [--out benchmarks/results/detection.md]
 
 Rows: the ReLU detector (models/zoo/det_fmnist.onnx) converted with psi=4 at each --T (bursting
-spikes, thresholds and biases calibrated on models/data/det_fmnist_calib.npz); the LeakyReLU(0.1)
-detector at the largest T with signed neurons (the default), and converted as ReLU-only
+spikes, thresholds and biases calibrated on models/data/det_fmnist_calib.npz), and the same with
+BSR (psi per layer in 1..8 within the energy of uniform psi=4; the sensitivity is the normalised
+squared error of the four outputs, docs/method.md §6; --no-bsr leaves these out); the LeakyReLU(0.1)
+detector at the largest T with signed neurons (the default), with BSR, and converted as ReLU-only
 (``--no-signed --allow-inexact``: the negative slope dropped). Every model is scored on the 400
 bundled test canvases (models/data/det_fmnist_test.npz): numpy NMS (IoU 0.5, scores > 0.01, 100
 per image) and pycocotools. Standard errors are bootstrap over images (--boot resamples); the
@@ -16,6 +18,7 @@ benchmarks/results/detection.json.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +65,7 @@ def main(argv=None):
     p.add_argument("--T", type=common.int_list, default=[4, 8, 16], help="timesteps of the ReLU rows (default 4,8,16)")
     p.add_argument("--psi", type=int, default=4)
     p.add_argument("--boot", type=int, default=60, help="bootstrap resamples for the standard errors (default 60)")
+    p.add_argument("--no-bsr", dest="bsr", action="store_false", help="leave out the +BSR rows")
     args = p.parse_args(argv)
     relu, leaky = common.model_path("det_fmnist"), common.model_path("det_leaky_fmnist")
     rows = []
@@ -69,9 +73,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         plan = [(f"ReLU, BS psi={args.psi}, T={T}", relu, dict(T=T)) for T in args.T]
+        if args.bsr:
+            plan += [(f"ReLU, BS + BSR (psi 1..8, energy of psi={args.psi}), T={T}", relu,
+                      dict(T=T, search=onnx2burst.SearchConfig(bsr=True))) for T in args.T]
         Tl = max(args.T)
-        plan += [(f"LeakyReLU, signed neurons, psi={args.psi}, T={Tl}", leaky, dict(T=Tl)),
-                 (f"LeakyReLU converted as ReLU (--no-signed --allow-inexact), psi={args.psi}, T={Tl}", leaky,
+        plan += [(f"LeakyReLU, signed neurons, psi={args.psi}, T={Tl}", leaky, dict(T=Tl))]
+        if args.bsr:
+            plan += [(f"LeakyReLU, signed neurons + BSR (psi 1..8, energy of psi={args.psi}), T={Tl}", leaky,
+                      dict(T=Tl, search=onnx2burst.SearchConfig(bsr=True)))]
+        plan += [(f"LeakyReLU converted as ReLU (--no-signed --allow-inexact), psi={args.psi}, T={Tl}", leaky,
                   dict(T=Tl, signed=False, allow_inexact=True))]
         for k, (label, ann, opts) in enumerate(plan):
             print(f"[{time.time() - t0:5.0f}s] converting: {label}", flush=True)
@@ -81,8 +91,11 @@ def main(argv=None):
             print(f"[{time.time() - t0:5.0f}s] scoring", flush=True)
             rows.append(_row(label, str(ann), str(path), args.boot, args.threads))
             r = rows[-1]
+            meta = {p.key: p.value for p in snn.metadata_props}
+            if "onnx2burst.search" in meta:
+                r["psi_per_layer"] = [v["psi"] for v in json.loads(meta["onnx2burst.search"])["settings"].values()]
             print(f"    ANN {r['ann']['map50']:.2f}  SNN {r['snn']['map50']:.2f} mAP@0.5", flush=True)
-            if ann == relu and opts["T"] == Tl:
+            if ann == relu and opts["T"] == Tl and "search" not in opts:
                 fig = detection_figure(str(ann), str(path), TEST, args.out.with_suffix(".png"))
                 print(f"    wrote {fig}", flush=True)
     common.write_json(args.out.with_suffix(".json"), {"machine": common.machine(), "rows": rows})
@@ -96,7 +109,8 @@ def _markdown(rows, args, seconds) -> str:
     lines = [
         "# Detection: the bundled detectors and their SNNs",
         "",
-        f"Made by `python benchmarks/detection.py --T {','.join(map(str, args.T))} --psi {args.psi} --boot {args.boot}` "
+        f"Made by `python benchmarks/detection.py --T {','.join(map(str, args.T))} --psi {args.psi} --boot {args.boot}"
+        f"{'' if args.bsr else ' --no-bsr'}` "
         f"in {seconds:.0f} s on "
         f"{common.machine()}. Test set: the {rows[0]['samples']} bundled canvases "
         "(`models/data/det_fmnist_test.npz`, 1-4 Fashion-MNIST items each); calibration: the 256 canvases "
@@ -115,6 +129,11 @@ def _markdown(rows, args, seconds) -> str:
             f"{pm(s['map50'] - a['map50'], d['map50'])} | {pm(a['map50_95'], a['map50_95_se'])} | "
             f"{pm(s['map50_95'], s['map50_95_se'])} | {e['spikes']:.0f} | {e['synops'] / 1e6:.2f} M | "
             f"{e['ratio']:.3f} | {a['ms_per_sample']:.2f}, {s['ms_per_sample']:.2f} |")
+    bsr = [r for r in rows if "psi_per_layer" in r]
+    if bsr:
+        lines += ["", "BSR's psi per layer (the 7 neurons in graph order): " + "; ".join(
+            f"{'LeakyReLU' if r['row'].startswith('Leaky') else 'ReLU'} T={r['T']}: "
+            f"{', '.join(map(str, r['psi_per_layer']))}" for r in bsr) + "."]
     lines += ["", "![ANN and SNN detections](detection.png)", ""]
     return "\n".join(lines)
 

@@ -29,6 +29,8 @@ MAXPOOL_MODES = ("lateral", "spikes", "avg")
 THRESHOLD_METHODS = ("search", "max")
 #: E_i(k) of the search (§7): a layer's spikes per sample, or its synaptic operations.
 ENERGY_MODES = ("spikes", "synops")
+#: what the search's sensitivity measures (``evaluation.sensitivity``)
+SENSITIVITIES = ("auto", "kl", "mse")
 #: SSC guard (§10): rebuild and check the whole model, or check each changed layer alone.
 GUARD_MODES = ("model", "layer")
 #: SSC's tau candidates (§8): 1.0, 1.5, ..., 10.0.
@@ -301,7 +303,9 @@ class SearchConfig:
     when built). guard: SSC's decision guard, or None. workers: run the tables' cells as Ray
     tasks on a local Ray instance of this many CPUs (0: in this process); ray_address: join
     the Ray cluster there instead. prune: skip the table cells no choice within the budget
-    can hold (exact; False measures every cell, for complete tables).
+    can hold (exact; False measures every cell, for complete tables). sensitivity: what S
+    measures (``evaluation.sensitivity``): ``"auto"`` (the symmetric KL of class scores, the
+    normalised squared error of any other output, summed over the outputs), ``"kl"``, ``"mse"``.
     """
 
     bsr: bool = False
@@ -321,6 +325,7 @@ class SearchConfig:
     workers: int = 0
     ray_address: str | None = None
     prune: bool = True
+    sensitivity: str = "auto"
 
     #: the search's batch size when none is given (measured fastest per sample for the tails)
     DEFAULT_BATCH = 32
@@ -346,6 +351,8 @@ class SearchConfig:
             raise ConfigError("give one of --ssc-z and --ssc-folds, not both")
         if self.energy not in ENERGY_MODES:
             raise ConfigError(f"--energy must be one of {ENERGY_MODES}, got {self.energy!r}")
+        if self.sensitivity not in SENSITIVITIES:
+            raise ConfigError(f"--sensitivity must be one of {', '.join(SENSITIVITIES)}, got {self.sensitivity!r}")
         _check_int("--search-samples", self.samples, 1)
         if self.batch_size is not None:
             _check_int("--batch-size", self.batch_size, 1)

@@ -270,22 +270,54 @@ def test_threshold_fit_models_the_signed_neuron_exactly():
         assert search.errors[k, 0] == pytest.approx(want, rel=1e-3), (f, search.errors[k, 0], want)
 
 
-def test_the_search_refuses_signed_neurons_by_name(leaky_snn, tmp_path):
-    """BSR/SSC measure ReLU candidates: convert --bsr and search --snn on signed neurons are one
-    line naming the layers, nothing written."""
+@pytest.mark.parametrize("kind,value", [("tau", 2.0), ("psi", 3)])
+def test_the_search_measures_signed_neurons_as_the_changed_snn(leaky_snn, kind, value):
+    """S_i(k) of a signed layer equals a full run of the SNN with only that layer changed (its
+    cell keeps alpha: the negative spikes count in S and in E)."""
+    from onnx import numpy_helper
+
+    from onnx2burst import search as S
+    from onnx2burst.evaluation.energy import with_spike_outputs
+    from onnx2burst.evaluation.metrics import symmetric_kl
+    from onnx2burst.snn import read_snn
+
+    m, calib, _ = _leaky_residual()
+    snn, x = leaky_snn
+    tb = getattr(S.measure(m, snn, x, psis=(1, 2, 3) if kind == "psi" else None,
+                           taus=(1.0, 2.0) if kind == "tau" else None, batch_size=8, threads=1,
+                           mean_correct=False), kind)
+    nr = read_snn(snn).neurons[1]
+    assert nr.signed
+    changed = onnx.ModelProto()
+    changed.CopyFrom(snn)
+    node = next(n for n in changed.graph.node if n.name == nr.node.name)
+    at = next(a for a in node.attribute if a.name == kind)
+    if kind == "tau":
+        at.f = value
+    else:
+        at.i = value
+        init = next(t for t in changed.graph.initializer if t.name == node.input[1])
+        init.CopyFrom(numpy_helper.from_array((nr.vth * np.float32(nr.psi) / np.float32(value)).astype(np.float32),
+                                              init.name))
+    withs, names = with_spike_outputs(changed)
+    outs = dict(zip([o.name for o in withs.graph.output], ops.make_session(withs).run(None, {"x": x})))
+    a = ops.make_session(m, kernel=False).run(None, {"x": x})[0]
+    i, j = tb.layers.index(nr.name), tb.column(value)
+    assert tb.S[i, j] == pytest.approx(symmetric_kl(a, outs[snn.graph.output[0].name]).mean(), rel=1e-4)
+    assert tb.spikes[i, j] == pytest.approx(outs[nr.spikes].sum() / len(x), rel=1e-6)
+
+
+def test_bsr_and_ssc_run_on_signed_neurons(tmp_path):
+    """convert --bsr --ssc on a LeakyReLU model: one conversion, signed neurons kept."""
     from click.testing import CliRunner
 
     from onnx2burst.cli import main
     m, calib, _ = _leaky_residual()
-    snn, _ = leaky_snn
     onnx.save(m, tmp_path / "leaky.onnx")
-    onnx.save(snn, tmp_path / "leaky.snn.onnx")
     np.save(tmp_path / "calib.npy", calib)
-    base = ["--calib", str(tmp_path / "calib.npy"), "--T", "4", "--psi", "2", "--calib-samples", "32"]
-    for args in (["convert", str(tmp_path / "leaky.onnx"), *base, "--bsr", "-q", "-o", str(tmp_path / "o.onnx")],
-                 ["search", str(tmp_path / "leaky.onnx"), "--snn", str(tmp_path / "leaky.snn.onnx"), *base, "--ssc",
-                  "--out", str(tmp_path / "rep"), "-o", str(tmp_path / "o.onnx")]):
-        r = CliRunner().invoke(main, args)
-        assert r.exit_code == 1 and "signed neurons" in r.output and "relu0" in r.output, r.output
-        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-        assert not (tmp_path / "o.onnx").exists() and not (tmp_path / "rep").exists()
+    r = CliRunner().invoke(main, ["convert", str(tmp_path / "leaky.onnx"), "--calib", str(tmp_path / "calib.npy"),
+                                  "--T", "4", "--psi", "2", "--calib-samples", "32", "--bsr", "--ssc", "--psi-max", "3",
+                                  "--tau-grid", "1,1.5,2", "-q", "-o", str(tmp_path / "o.onnx")])
+    assert r.exit_code == 0, r.output
+    out = onnx.load(tmp_path / "o.onnx")
+    assert all(ops.node_alpha(n) for n in out.graph.node if n.op_type == "BurstIF")

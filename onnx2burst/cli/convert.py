@@ -107,6 +107,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         if search.any:
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
+            sens = next(iter(tuned.measurements.values())).sensitivity
+            click.echo(f"  sensitivity : {sens.summary()} (--sensitivity {search.sensitivity})")
             if tuned.guard is not None:
                 click.echo(f"  SSC guard   : {tuned.guard.summary()}")
             for k, ck in tuned.checks.items():

@@ -216,6 +216,10 @@ search_options = _compose(
                  help="E_i(k) of the search: a layer's spikes per sample, or its SynOps."),
     click.option("--search-samples", type=click.IntRange(1, MAX_SAMPLES), default=256, show_default=True,
                  help="Calibration samples the sensitivities are measured on (the first N)."),
+    click.option("--sensitivity", type=click.Choice(["auto", "kl", "mse"]), default="auto", show_default=True,
+                 help="What S_i(k) measures: kl, the symmetric KL of class scores (the paper's); mse, each output's "
+                      "squared error over the ANN output's variance, summed over the outputs; auto, kl for outputs "
+                      "of a Softmax/LogSoftmax or [N, K] logits, mse for any other (detector heads, boxes)."),
     click.option("--guard-data", "guard_data", type=InputPath(exists=True), default=None,
                  metavar="DATA",
                  help="SSC decision guard (not in the paper): inputs (.npz/.npy, labels not needed; not the "
@@ -228,7 +232,8 @@ search_options = _compose(
                  show_default=True, help="Rebuild and check the whole SNN, backing off along SSC's frontier "
                                          "(model), or check each changed layer alone (layer)."),
     click.option("--guard-tol", "guard_tol", type=click.FloatRange(min=0), default=0.5, show_default=True,
-                 help="--guard-mode model: points of agreement with the ANN the choice may lose."),
+                 help="--guard-mode model: points of agreement with the ANN the choice may lose (outputs that "
+                      "are not class scores: hundredths of normalised error it may add, docs/method.md §10)."),
     click.option("--guard-checks", "guard_checks", type=click.IntRange(1, 1000), default=8, show_default=True,
                  help="--guard-mode model: rebuilds at most while backing off."),
     click.option("--guard-z", "guard_z", type=click.FloatRange(min=0), default=2.0, show_default=True,
@@ -256,6 +261,7 @@ def build_search(kw: dict, *, default_both: bool = False):
                         energy_ratio=kw.pop("energy_ratio"), tau_grid=kw.pop("tau_grid"), r=kw.pop("r"),
                         ssc_z=kw.pop("ssc_z"), ssc_folds=kw.pop("ssc_folds"), energy=kw.pop("energy"),
                         samples=kw.pop("search_samples"), batch_size=kw.get("batch_size"),
+                        sensitivity=kw.pop("sensitivity"),
                         guard=None if guard_data is None else GuardConfig(data=guard_data, **guard),
                         workers=kw.pop("workers"), ray_address=kw.pop("ray_address"))
 

@@ -40,9 +40,10 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, a
     """Choose psi (BSR) and tau (SSC) per layer for MODEL's SNN, and report why (both unless
     --bsr or --ssc is given).
 
-    For every neuron layer i and candidate k, S_i(k) is the symmetric KL between the ANN
-    and the SNN with only layer i changed, and E_i(k) that layer's spikes (or SynOps) per
-    sample. BSR picks psi per layer with the least total S within the energy of a uniform
+    For every neuron layer i and candidate k, S_i(k) is how far the SNN with only layer i
+    changed is from the ANN (--sensitivity: the symmetric KL of class scores, the normalised
+    squared error of any other output, e.g. a detector's heads), and E_i(k) that layer's
+    spikes (or SynOps) per sample. BSR picks psi per layer with the least total S within the energy of a uniform
     psi; SSC then picks tau per layer with the least energy within the sensitivity of
     tau=1. Thresholds are refit and biases recalibrated after each (docs/method.md §8).
 
@@ -62,6 +63,8 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, a
           --guard-tol 0.5 --out report_t4/
       onnx2burst search models/zoo/resnet20_fmnist.onnx --calib models/data/fmnist_calib.npz \\
           --T 8 --psi 4 --workers 8 --out report/      # cells as Ray tasks on 8 CPUs
+      onnx2burst search models/zoo/det_fmnist.onnx --calib models/data/det_fmnist_calib.npz \
+          --T 8 --psi 4 --bsr --out report_det/       # a detector: normalised error of its heads
     """
     with cli_errors(model):
         from onnx2burst.config import ConvertConfig
@@ -106,6 +109,11 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, a
             snn = fold_back(load_model(snn_path))
             read_snn(snn)
         res = S.tune(conv, data, cfg, snn=snn, progress=progress, r_max=max(rs, default=None))
+        sens = next(iter(res.measurements.values())).sensitivity
+        if cfg.ssc and rs and not sens.classes_only:
+            click.echo("note: no r sweep: it scores top-1 and class agreement, and this model's outputs are not "
+                       "class scores (score the SNN with `onnx2burst eval --task detection`)", err=True)
+            rs = []
         sweep = None
         if cfg.ssc and rs:
             before, points = S.sweep_r(conv, data, res, rs, sweep_data, cfg, progress=progress)
@@ -145,6 +153,7 @@ def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, a
         from onnx2burst.report.tables import sweep_table
 
         con.print(sweep_table(sweep[1], sweep[0]))
+    con.print(f"sensitivity: {sens.summary()} (--sensitivity {cfg.sensitivity})")
     notes = sorted({n for m in res.measurements.values() for n in m.notes})
     for n in notes:
         con.print(f"[yellow]note:[/] {n}")

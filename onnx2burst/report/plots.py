@@ -75,7 +75,7 @@ def plot_sensitivity(tables: Sequence, path: str | os.PathLike, title: str = "")
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("psi (most spikes per step)" if t.kind == "psi" else "tau (threshold ratio)")
-        ax.set_ylabel("sensitivity S_i (symmetric KL)")
+        ax.set_ylabel("sensitivity S_i (§6)")
         ax.set_title(f"per-layer sensitivity vs {t.kind}")
         ax.grid(True, which="both", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -3,8 +3,9 @@ its candidates.
 
 ``run_layer`` turns layer ``i``'s input ``X_i`` (from the baseline run of the batch) into each
 candidate's output with the one-node cell, applies the mean correction, runs the layer's tail
-and scores the logits against the ANN's with ``metric`` (the symmetric KL of §6; a single
-function, so another divergence is a one-place change). The in-process loop and the Ray
+and scores the model's outputs against the ANN's with ``metric`` (the sensitivity of §6,
+``evaluation.sensitivity``: the symmetric KL of class scores, the normalised error of any
+other output). The in-process loop and the Ray
 workers (``cluster``) call the same function on the same arrays, so both give the same
 numbers; the caller adds them up in one fixed order.
 """
@@ -14,27 +15,28 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation.metrics import symmetric_kl
 from .graphs import SearchGraphs, channel_mean, mean_corrected
 
-__all__ = ["Candidate", "Metric", "DEFAULT_METRIC", "layer_inputs", "run_layer"]
+__all__ = ["Candidate", "Metric", "layer_inputs", "run_layer"]
 
 #: (kind "psi"|"tau", column in its table, psi, theta = tau * vth float32 [C])
 Candidate = tuple[str, int, int, np.ndarray]
-#: ``metric(ann_logits [N, K], snn_logits [N, K]) -> float64 [N]``, each value >= 0
-Metric = Callable[[np.ndarray, np.ndarray], np.ndarray]
-DEFAULT_METRIC: Metric = symmetric_kl
+#: ``metric(ANN outputs, SNN outputs) -> float64 [N]`` (lists in the model's output order), each
+#: value >= 0; e.g. an ``evaluation.sensitivity.Sensitivity``
+Metric = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], np.ndarray]
 
 
 def layer_inputs(sg: SearchGraphs, i: int) -> list[str]:
     """The tensors of the baseline run that layer ``i``'s candidates read: its input, its
-    baseline output (the mean correction's reference) and its tail's boundary."""
+    baseline output (the mean correction's reference), its tail's boundary and the model outputs
+    it does not reach."""
     nr = sg.neurons[i]
-    return [nr.x, nr.y] + [b for b in sg.boundary[i] if b not in (nr.x, nr.y)]
+    names = [nr.x, nr.y] + [b for b in sg.boundary[i] if b not in (nr.x, nr.y)]
+    return names + [o for o in sg.outputs if o not in sg.tail_outputs[i] and o not in names]
 
 
-def run_layer(sg: SearchGraphs, i: int, env: Mapping[str, np.ndarray], ann_logits: np.ndarray,
-              todo: Sequence[Candidate], correction: str, metric: Metric = DEFAULT_METRIC,
+def run_layer(sg: SearchGraphs, i: int, env: Mapping[str, np.ndarray], ann_outputs: Sequence[np.ndarray],
+              todo: Sequence[Candidate], correction: str, metric: Metric,
               timings: dict | None = None) -> list[tuple[np.ndarray, float]]:
     """Per candidate of ``todo``: (``metric`` per sample, float64 [N]; the layer's spikes summed
     over the batch). ``env`` holds at least :func:`layer_inputs`; correction: "output",
@@ -43,14 +45,13 @@ def run_layer(sg: SearchGraphs, i: int, env: Mapping[str, np.ndarray], ann_logit
 
     nr = sg.neurons[i]
     xi, ybase = env[nr.x], env[nr.y]
-    tail = sg.tail(i, env)
     feeds = {b: env[b] for b in sg.boundary[i]}
     out = []
     t_cell = t_tail = 0.0
     base_mean = channel_mean(ybase) if correction != "none" else None  # once per layer and batch
     for _, _, p, theta in todo:
         t = time.perf_counter()
-        cell = sg.cell(xi.ndim, nr.T, p)
+        cell = sg.cell(xi.ndim, nr.T, p, nr.alpha)
         y, s = cell.run(None, {"X": xi, "vth": theta})
         if correction == "input":
             y, s = cell.run(None, {"X": mean_corrected(y, ybase, target=xi, base_mean=base_mean), "vth": theta})
@@ -59,9 +60,9 @@ def run_layer(sg: SearchGraphs, i: int, env: Mapping[str, np.ndarray], ann_logit
         if correction == "output":
             y = mean_corrected(y, ybase, base_mean=base_mean)
         feeds[nr.y] = y
-        lg = tail.run([sg.logits], feeds)[0]
+        outs = sg.outputs_after(i, env, feeds)
         t_tail += time.perf_counter() - t
-        out.append((np.asarray(metric(ann_logits, lg), np.float64), float(s.sum())))
+        out.append((np.asarray(metric(ann_outputs, outs), np.float64), float(s.sum())))
     if timings is not None:
         timings["neurons"] = timings.get("neurons", 0.0) + t_cell
         timings["tails"] = timings.get("tails", 0.0) + t_tail

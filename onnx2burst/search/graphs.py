@@ -10,7 +10,8 @@ one tail session per neuron, one neuron session per (rank, T, psi).
    ``i`` for any candidate, bit for bit as the real node would (the kernel forms
    ``theta = tau*vth`` in float32, as the caller does).
 3. The *tail* session of layer ``i`` (the nodes downstream of neuron ``i``, everything upstream
-   fed from the baseline) turns the candidate's output into logits. Upstream layers run once
+   fed from the baseline) turns the candidate's output into the model's outputs (those it does not reach
+   are the baseline's). Upstream layers run once
    per batch, never once per candidate.
 """
 from __future__ import annotations
@@ -41,15 +42,6 @@ def search_session(model: onnx.ModelProto, threads, kernel, arena: bool = True):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def refuse_signed(names) -> None:
-    """BSR/SSC measure ReLU candidates only: a signed neuron (LeakyRelu/PRelu, attribute alpha)
-    is a ``ConfigError`` naming the layers, before anything runs."""
-    names = list(names)
-    if names:
-        raise ConfigError(f"--bsr/--ssc do not search signed neurons (LeakyRelu/PRelu) yet: {names[:5]}"
-                          f"{' ...' if len(names) > 5 else ''}; convert without the search")
-
-
 class SearchGraphs:
     """The baseline session, one tail session per neuron, one neuron session per (rank, psi)."""
 
@@ -57,11 +49,10 @@ class SearchGraphs:
         self.snn = snn
         self.threads, self.kernel = threads, kernel
         view = read_snn(snn, require_vth=True)
-        refuse_signed(nr.name for nr in view.neurons if nr.signed)
         self.neurons = view.neurons
         g = snn.graph
         self.inputs = view.inputs
-        self.logits = g.output[0].name
+        self.outputs = [o.name for o in g.output]
         missing = [nr.name for nr in self.neurons if not nr.spikes]
         if missing:
             raise ConfigError(f"BurstIF layer(s) {missing} declare no spikes output")
@@ -69,14 +60,16 @@ class SearchGraphs:
         inits = {t.name for t in g.initializer}
         self.tail_nodes: list[list[onnx.NodeProto]] = []
         self.boundary: list[list[str]] = []   # tensors from before neuron i that its tail reads
+        self.tail_outputs: list[list[str]] = []   # the model outputs neuron i reaches
         for nr in self.neurons:
             reached, tail = {nr.y}, []
             for n in nodes[nr.index + 1:]:
                 if any(i in reached for i in n.input):
                     tail.append(n)
                     reached.update(o for o in n.output if o)
-            if self.logits not in reached:
-                raise ConfigError(f"the output {self.logits!r} does not depend on neuron {nr.name}")
+            outs = [o for o in self.outputs if o in reached]
+            if not outs:
+                raise ConfigError(f"no output of the model depends on neuron {nr.name}")
             produced = {o for n in tail for o in n.output}
             b = []
             for n in tail:
@@ -87,10 +80,11 @@ class SearchGraphs:
                     raise ConfigError(f"node {n.name or n.op_type} after {nr.name} has a subgraph; not supported by the search")
             self.tail_nodes.append(tail)
             self.boundary.append(b)
+            self.tail_outputs.append(outs)
         base = onnx.ModelProto()
         base.CopyFrom(snn)
         have = {o.name for o in base.graph.output}
-        self.base_outputs = [self.logits]
+        self.base_outputs = list(self.outputs)
         want = [nr.spikes for nr in self.neurons] + [nr.x for nr in self.neurons] + \
                [nr.y for nr in self.neurons] + [t for b in self.boundary for t in b]
         for t in want:
@@ -101,7 +95,7 @@ class SearchGraphs:
         self.base_model = base
         self._base = None
         self._tails: dict[int, object] = {}
-        self._cells: dict[tuple[int, int, int], object] = {}
+        self._cells: dict[tuple, object] = {}
 
     @property
     def base(self):
@@ -128,7 +122,8 @@ class SearchGraphs:
             for b in self.boundary[i]:
                 inputs.append(helper.make_tensor_value_info(
                     b, helper.np_dtype_to_tensor_dtype(env[b].dtype), None))
-            graph = helper.make_graph(self.tail_nodes[i], f"tail_{i}", inputs, [g.output[0]],
+            outs = [o for o in g.output if o.name in self.tail_outputs[i]]
+            graph = helper.make_graph(self.tail_nodes[i], f"tail_{i}", inputs, outs,
                                       [t for t in g.initializer if t.name in used])
             m = helper.make_model(graph, opset_imports=list(self.snn.opset_import),
                                   ir_version=self.snn.ir_version)
@@ -136,14 +131,24 @@ class SearchGraphs:
             s = self._tails[i] = search_session(m, self.threads, self.kernel, arena=False)
         return s
 
-    def cell(self, rank: int, T: int, psi: int):
-        """A one-node BurstIF session (tau = 1, vth fed at run time) for inputs of ``rank``."""
-        key = (rank, T, psi)
+    def outputs_after(self, i: int, env: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> list:
+        """The model's outputs, in order, with neuron ``i``'s output as in ``feeds``: its tail's
+        outputs computed, every output it does not reach as in the baseline ``env``."""
+        names = self.tail_outputs[i]
+        got = dict(zip(names, self.tail(i, env).run(names, dict(feeds))))
+        return [got[o] if o in got else env[o] for o in self.outputs]
+
+    def cell(self, rank: int, T: int, psi: int, alpha: np.ndarray | None = None):
+        """A one-node BurstIF session (tau = 1, vth fed at run time) for inputs of ``rank``;
+        alpha: a signed neuron's negative slope (§2), None or all 0 for a ReLU neuron."""
+        a = None if alpha is None or not np.any(alpha) else tuple(float(v) for v in np.asarray(alpha).reshape(-1))
+        key = (rank, T, psi, a)
         s = self._cells.get(key)
         if s is None:
             dims = ["TN"] + [f"d{j}" for j in range(1, rank)]
             vi = helper.make_tensor_value_info
-            node = ops.make_node("X", "vth", "Y", T=T, psi=psi, tau=1.0, spikes="S", name=f"cell_psi{psi}")
+            node = ops.make_node("X", "vth", "Y", T=T, psi=psi, tau=1.0, spikes="S", name=f"cell_psi{psi}",
+                                 alpha=a)
             g = helper.make_graph([node], "cell", [vi("X", TensorProto.FLOAT, dims), vi("vth", TensorProto.FLOAT, ["C"])],
                                   [vi("Y", TensorProto.FLOAT, dims), vi("S", TensorProto.FLOAT, ["N"])])
             m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(ops.default_opset(self.snn), ops.MIN_OPSET))],

@@ -3,17 +3,20 @@
 SSC (§8) spends a budget of symmetric KL (§6). The KL also prices how confident the SNN is,
 and a tau that moves the logits' scale towards the ANN's can lower it while the class changes
 on more samples. The guard checks SSC's choice against the decisions it changes, on held-out
-inputs (no labels needed), in one of two modes:
+inputs (no labels needed). Its per-sample loss is task-neutral (``Sensitivity.loss``): for
+class scores a changed class (0 or 1, so L is agreement lost), for any other output the
+sample's normalised error (so L is the growth of the error, as a fraction of the ANN
+output's variance). In one of two modes:
 
 - ``"model"`` (:class:`ModelProbe`, :func:`backed_off_ssc`): the chosen SNN is rebuilt and run
-  whole on the guard inputs; its loss of agreement with the ANN's class, L (paired against the
+  whole on the guard inputs; its loss (of agreement with the ANN's class), L (paired against the
   SNN SSC started from, with its SE), must stay within ``tol``. Otherwise the guard bisects
   SSC's Pareto frontier, from the choice towards the starting SNN (which loses nothing by
   definition), for the most compressed point with ``L <= tol``, in at most ``checks``
   rebuilds. What it keeps has been checked (or is the starting SNN); the bisection assumes L
   grows with the compression along the frontier.
 - ``"layer"`` (:class:`AgreementProbe`, :func:`guarded_ssc`): for each layer the choice changes,
-  the loss of agreement with only that layer at its chosen tau (run as in the search, §6); a
+  the loss with only that layer at its chosen tau (run as in the search, §6); a
   layer with ``L > z * SE`` gets that tau and every tau further from its default forbidden, and
   SSC chooses again under the same budget, until no changed layer is flagged.
 """
@@ -32,6 +35,7 @@ from ..data import load_data
 from ..errors import ConfigError
 from ..evaluation.evaluate import load_onnx
 from ..progress import Progress, progress_or_null
+from ..evaluation.sensitivity import Sensitivity, fit_sensitivity, plan_sensitivity
 from .graphs import SearchGraphs, mean_corrected
 
 __all__ = ["AgreementProbe", "GuardRound", "GuardResult", "guarded_ssc", "masked", "ModelProbe", "BackoffStep",
@@ -48,24 +52,32 @@ def _guard_dataset(ann, data, samples, batch_size, max_memory=None):
     return ds
 
 
-def _classes(sess, ds, batch_size: int, output: str) -> np.ndarray:
-    """The class (argmax of ``output``) per sample of ``ds``."""
-    return np.concatenate([sess.run([output], feeds)[0].argmax(-1) for feeds in ds.batches(batch_size)])
+def _outputs(sess, ds, batch_size: int, names: Sequence[str]) -> list[list[np.ndarray]]:
+    """Per batch of ``ds``: the model's outputs ``names``."""
+    return [sess.run(list(names), feeds) for feeds in ds.batches(batch_size)]
+
+
+def _sensitivity(sensitivity, ann, refs) -> Sensitivity:
+    """``sensitivity`` as a fitted ``Sensitivity`` (a mode: fitted on the ANN's guard outputs)."""
+    if isinstance(sensitivity, Sensitivity):
+        return sensitivity
+    return fit_sensitivity(plan_sensitivity(ann, sensitivity), refs)
 
 
 class AgreementProbe:
-    """Each (layer, tau)'s loss of agreement with the ANN on guard data (step 2 above).
+    """Each (layer, tau)'s loss against the ANN on guard data (step 2 above).
 
     ann, snn: ModelProto or path (the SNN SSC starts from). data: anything
     ``onnx2burst.data.load_data`` reads; the first ``samples`` are used, labels ignored.
     Results are cached per pair. mean_correct: the changed layer's output is shifted to the
     starting SNN's mean per channel and batch, as ``tables.measure`` does by default (False:
-    the raw change).
+    the raw change). sensitivity: the per-sample loss (``Sensitivity.loss``: a changed class
+    for class scores, the normalised error otherwise); a mode is fitted on the guard data.
     """
 
     def __init__(self, ann, snn, data, *, samples: int | None = 4096, batch_size: int = 64,
                  threads: int | None = None, kernel: bool | None = None, progress: Progress | None = None,
-                 mean_correct: bool = True, max_memory=None):
+                 mean_correct: bool = True, max_memory=None, sensitivity: str | Sensitivity = "auto"):
         ann, snn = load_onnx(ann), load_onnx(snn)
         self.ds = _guard_dataset(ann, data, samples, batch_size, max_memory)
         self.batch_size, self.mean_correct = batch_size, mean_correct
@@ -74,9 +86,10 @@ class AgreementProbe:
         self.sg = SearchGraphs(snn, threads, kernel)
         self.index = {nr.name: i for i, nr in enumerate(self.sg.neurons)}
         sess = ops.make_session(ann, kernel=False, threads=threads)
-        self.ann_class = _classes(sess, self.ds, batch_size, ann.graph.output[0].name)
-        self.base: np.ndarray | None = None          # per sample: the starting SNN agrees
-        self._agree: dict[tuple[str, float], np.ndarray] = {}
+        self.ann_out = _outputs(sess, self.ds, batch_size, [o.name for o in ann.graph.output])
+        self.sens = _sensitivity(sensitivity, ann, self.ann_out)
+        self.base: np.ndarray | None = None          # per sample: the starting SNN's loss
+        self._loss: dict[tuple[str, float], np.ndarray] = {}
         self.seconds = 0.0
 
     @property
@@ -86,45 +99,44 @@ class AgreementProbe:
     def _run(self, pairs: Sequence[tuple[str, float]]) -> None:
         t0 = time.perf_counter()
         sg, n = self.sg, len(self.ds)
-        base = np.zeros(n, bool)
-        agree = {p: np.zeros(n, bool) for p in pairs}
+        base = np.zeros(n)
+        loss = {p: np.zeros(n) for p in pairs}
         batches = list(self.ds.batches(self.batch_size))
         pos = 0
         with self.progress.stage("SSC guard", len(batches)) as stage:
-            for feeds in batches:
+            for feeds, ann_out in zip(batches, self.ann_out):
                 k = len(next(iter(feeds.values())))
                 rows = slice(pos, pos + k)
                 pos += k
-                want = self.ann_class[rows]
                 env = sg.run_base(feeds)
-                base[rows] = env[sg.logits].argmax(-1) == want
+                base[rows] = self.sens.loss(ann_out, [env[o] for o in sg.outputs])
                 for name, tau in pairs:
                     i = self.index[name]
                     nr = sg.neurons[i]
-                    cell = sg.cell(env[nr.x].ndim, nr.T, nr.psi)
+                    cell = sg.cell(env[nr.x].ndim, nr.T, nr.psi, nr.alpha)
                     y, _ = cell.run(None, {"X": env[nr.x], "vth": (np.float32(tau) * nr.vth).astype(np.float32)})
                     feeds = {b: env[b] for b in sg.boundary[i]}
                     feeds[nr.y] = mean_corrected(y, env[nr.y]) if self.mean_correct else y
-                    logits = sg.tail(i, env).run([sg.logits], feeds)[0]
-                    agree[name, tau][rows] = logits.argmax(-1) == want
+                    loss[name, tau][rows] = self.sens.loss(ann_out, sg.outputs_after(i, env, feeds))
                 stage.advance(1)
         self.base = base
-        self._agree.update(agree)
+        self._loss.update(loss)
         self.seconds += time.perf_counter() - t0
 
     def losses(self, pairs: Sequence[tuple[str, float]]) -> dict[tuple[str, float], tuple[float, float]]:
-        """(layer, tau) -> (L, SE): loss of agreement with the ANN against the starting SNN, as
-        a fraction of the samples, and its standard error over the paired samples."""
+        """(layer, tau) -> (L, SE): the mean per-sample loss against the starting SNN's (the
+        agreement with the ANN's class lost, as a fraction of the samples, for class scores),
+        and its standard error over the paired samples."""
         unknown = sorted({p[0] for p in pairs} - set(self.index))
         if unknown:
             raise ConfigError(f"unknown layer(s) {unknown}; the SNN has {list(self.index)}")
-        todo = [(n, float(t)) for n, t in dict.fromkeys(pairs) if (n, float(t)) not in self._agree]
+        todo = [(n, float(t)) for n, t in dict.fromkeys(pairs) if (n, float(t)) not in self._loss]
         if todo or self.base is None:
             self._run(todo)
         out = {}
         n = len(self.ds)
         for name, tau in pairs:
-            d = self.base.astype(np.float64) - self._agree[name, float(tau)]
+            d = self._loss[name, float(tau)] - self.base
             out[name, float(tau)] = (float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)))
         return out
 
@@ -239,37 +251,41 @@ class ModelProbe:
 
     def __init__(self, ann, snn, data, *, samples: int | None = 4096, batch_size: int = 256,
                  threads: int | None = None, kernel: bool | None = None, max_memory=None,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, sensitivity: str | Sensitivity = "auto"):
         ann, snn = load_onnx(ann), load_onnx(snn)
         self.ds = _guard_dataset(ann, data, samples, batch_size, max_memory)
         self.batch_size, self.threads = batch_size, threads
         self.progress = progress_or_null(progress)
         self.kernel = ops.kernel_available() if kernel is None else kernel
         self.seconds = 0.0
-        self.ann_class = self._classes(ann, False)
-        self.base = self.agrees(snn)
+        self.ann_out = self._outputs(ann, False)
+        self.sens = _sensitivity(sensitivity, ann, self.ann_out)
+        self.base = self.losses_of(snn)
 
     @property
     def samples(self) -> int:
         return len(self.ds)
 
-    def _classes(self, model, kernel: bool) -> np.ndarray:
+    def _outputs(self, model, kernel: bool) -> list[list[np.ndarray]]:
         t0 = time.perf_counter()
         with self.progress.stage("SSC guard", 1) as stage:
             sess = ops.make_session(model, kernel=kernel, threads=self.threads)
-            out = _classes(sess, self.ds, self.batch_size, model.graph.output[0].name)
+            out = _outputs(sess, self.ds, self.batch_size, [o.name for o in model.graph.output])
             stage.advance(1)
         self.seconds += time.perf_counter() - t0
         return out
 
-    def agrees(self, snn) -> np.ndarray:
-        """Per guard sample: does ``snn`` predict the ANN's class."""
-        return self._classes(load_onnx(snn), self.kernel) == self.ann_class
+    def losses_of(self, snn) -> np.ndarray:
+        """Per guard sample: ``snn``'s loss against the ANN (``Sensitivity.loss``: 1.0 where
+        the class differs from the ANN's, for class scores)."""
+        outs = self._outputs(load_onnx(snn), self.kernel)
+        return np.concatenate([self.sens.loss(a, s) for a, s in zip(self.ann_out, outs)])
 
     def loss(self, snn) -> tuple[float, float]:
-        """(L, SE): the share of guard samples ``snn`` agrees with the ANN on, less than the
-        starting SNN does (a fraction), and its standard error over the paired samples."""
-        d = self.base.astype(np.float64) - self.agrees(snn)
+        """(L, SE): ``snn``'s mean per-sample loss less the starting SNN's (for class scores, the
+        share of guard samples whose agreement with the ANN it loses, a fraction), and its
+        standard error over the paired samples."""
+        d = self.losses_of(snn) - self.base
         return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 

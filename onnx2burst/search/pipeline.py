@@ -20,7 +20,6 @@ from ..config import SearchConfig
 from ..errors import ConfigError
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
-from .graphs import refuse_signed
 from .select import SearchChoice, choose_bsr, choose_ssc
 from .prune import Prune
 from .tables import Measurement, VthProvider, measure
@@ -93,14 +92,21 @@ class JointCheck:
 
 
 def joint_check(ann, model, data, choice: SearchChoice, m: Measurement, *, threads=None, kernel=None) -> JointCheck:
-    """The rebuilt SNN's S on the samples ``m`` was measured on, next to what the tables predict."""
-    from ..evaluation import evaluate
+    """The rebuilt SNN's S on the samples ``m`` was measured on (with ``m``'s sensitivity),
+    next to what the tables predict."""
+    from .. import ops
+    from ..data import load_data
 
     tb = m.psi if choice.kind == "psi" else m.tau
     delta = sum(float(tb.S[i, tb.column(choice.choice[name])]) - m.baseline_S for i, name in enumerate(tb.layers))
     predicted = m.baseline_S + delta
-    ev = evaluate(ann, model, data, limit=m.samples, threads=threads, kernel=kernel, other_ann=True)
-    return JointCheck(m.baseline_S, float(predicted), float(ev.sym_kl))
+    ds = load_data(data, ann, samples=m.samples)
+    kernel = ops.kernel_available() if kernel is None else kernel
+    a_sess = ops.make_session(ann, kernel=False, threads=threads)
+    s_sess = ops.make_session(model, kernel=kernel, threads=threads)
+    a_names, s_names = [o.name for o in ann.graph.output], [o.name for o in model.graph.output]
+    per = [m.sensitivity(a_sess.run(a_names, f), s_sess.run(s_names, f)) for f in ds.batches(256)]
+    return JointCheck(m.baseline_S, float(predicted), float(np.concatenate(per).mean()))
 
 
 def rebuild(conv, data, stats, settings: Mapping[str, tuple[int, float]], *, thresholds=None,
@@ -144,14 +150,14 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
     if config.bsr and target > config.psi_max:
         raise ConfigError(f"--bsr: the budget is the energy of psi = {target} (--psi-target, else --psi), above "
                           f"--psi-max {config.psi_max}; raise --psi-max or lower --psi-target")
-    refuse_signed(n.name for n in conv.analysis.neurons if n.alpha is not None and any(a > 0 for a in n.alpha))
     progress = progress_or_null(progress)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     threads = conv.config.calibration.threads
     kernel = config.kernel
     kw = dict(samples=config.samples, batch_size=config.search_batch, threads=threads, kernel=kernel,
-              progress=progress, workers=config.workers, address=config.ray_address)
+              progress=progress, workers=config.workers, address=config.ray_address,
+              sensitivity=config.sensitivity)
     stats = conv.activation_stats(data, progress)
     if snn is None:
         t = time.perf_counter()
@@ -232,13 +238,14 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
             calib = conv.config.calibration
             if g.mode == "model":
                 mprobe = G.ModelProbe(ann, snn, g.data, samples=g.samples, batch_size=config.batch_size or 256,
-                                      threads=threads, kernel=kernel, max_memory=calib.max_memory, progress=progress)
+                                      threads=threads, kernel=kernel, max_memory=calib.max_memory, progress=progress,
+                                      sensitivity=m.sensitivity)
                 guarded = G.backed_off_ssc(m.tau, choose, lambda ch: mprobe.loss(build(settings_of(ch))),
                                            tol=g.tol_fraction, checks=g.checks, samples=mprobe.samples)
             else:
                 probe = G.AgreementProbe(ann, snn, g.data, samples=g.samples, batch_size=config.batch_size or 64,
                                          threads=threads, kernel=kernel, max_memory=calib.max_memory,
-                                         progress=progress)
+                                         progress=progress, sensitivity=m.sensitivity)
                 guarded = G.guarded_ssc(m.tau, probe.losses, choose, z=g.z, samples=probe.samples)
             ssc = guarded.choice
             timings["ssc guard"] = time.perf_counter() - t

@@ -5,7 +5,7 @@
 in ``snn``), its per-sample terms and paired standard error, and the layer's own spikes per
 sample ``E_i(k)``. It runs through ``graphs.SearchGraphs``: one baseline run per batch, then
 per candidate one neuron cell and the layer's tail -- never a whole network per candidate.
-ANN reference logits are computed once; batches stream; thresholds for every (layer, psi)
+The ANN's reference outputs are computed once; batches stream; thresholds for every (layer, psi)
 come from a provider called once per pair before any SNN run.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from ..evaluation.energy import energy_model
 from ..evaluation.evaluate import load_onnx
 from ..progress import Progress, progress_or_null
 from ..snn import read_snn
-from .cells import DEFAULT_METRIC, Metric, run_layer
+from ..evaluation.sensitivity import Sensitivity, fit_sensitivity, plan_sensitivity
+from .cells import Metric, run_layer
 from .graphs import SearchGraphs
 from .prune import Prune, Pruner
 
@@ -59,7 +60,7 @@ def scaled_vth(snn: onnx.ModelProto) -> VthProvider:
 class Table:
     """S and E of every layer for every candidate of one kind (psi or tau).
 
-    ``S[i, k]``: mean symmetric KL with layer ``i`` at candidate ``k``; ``spikes[i, k]``: the
+    ``S[i, k]``: mean sensitivity (§6) with layer ``i`` at candidate ``k``; ``spikes[i, k]``: the
     spikes per sample that layer ``i`` itself emits then; ``synops = spikes * fanout``.
     ``defaults[i]``: the layer's value in the SNN (its S is the baseline's).
     """
@@ -114,9 +115,11 @@ class Measurement:
     baseline_spikes: tuple[float, ...]   # per layer, per sample
     timings: Mapping[str, float]
     notes: tuple[str, ...] = ()
+    sensitivity: Sensitivity | None = None  # what S measured, with its fitted scales
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "T": self.T, "baseline_S": self.baseline_S,
+                "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
                 "baseline_spikes": list(self.baseline_spikes), "timings": dict(self.timings),
                 "psi": None if self.psi is None else self.psi.to_dict(),
                 "tau": None if self.tau is None else self.tau.to_dict(), "notes": list(self.notes)}
@@ -128,7 +131,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             kernel: bool | None = None, progress: Progress | None = None,
             layers: Sequence[str] | None = None, mean_correct: bool | str = "output",
             prune: Prune | None = None, workers: int = 0, address: str | None = None,
-            metric: Metric = DEFAULT_METRIC) -> Measurement:
+            sensitivity: str | Sensitivity = "auto") -> Measurement:
     """Sensitivity and spikes of every layer at every psi and tau candidate (§6-§7).
 
     ann, snn: ModelProto or path; the SNN as converted (its psi/tau are the defaults). data:
@@ -153,7 +156,9 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     exact: such candidates are ``inf`` in the table). workers / address: run the
     (layer, candidate) cells as Ray tasks on a local instance of ``workers`` CPUs, or on the
     cluster at ``address`` (``cluster``); the numbers are those of the in-process run.
-    metric: the per-sample divergence of the SNN's logits from the ANN's (§6's symmetric KL).
+    sensitivity: what S measures (``evaluation.sensitivity``): ``"auto"`` (§6's symmetric KL of
+    class scores, the normalised squared error of any other output, summed over the model's
+    outputs), ``"kl"``, ``"mse"``, or a fitted ``Sensitivity`` (its scales kept).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -183,12 +188,16 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     fanout = {l.name: l.fanout for l in em.layers}
     timings["prepare"] = time.perf_counter() - t0
 
-    # ANN reference logits, once
+    # the ANN's reference outputs, once; the normalised errors' scales from them
     t = time.perf_counter()
     a_sess = ops.make_session(ann, kernel=False, threads=threads)
-    a_out = ann.graph.output[0].name
-    ann_logits = [a_sess.run([a_out], feeds)[0] for feeds in ds.batches(batch_size)]
+    a_outs = [o.name for o in ann.graph.output]
+    if len(a_outs) != len(sg.outputs):
+        raise ConfigError(f"the ANN has {len(a_outs)} outputs, the SNN {len(sg.outputs)}: not the SNN of this ANN")
+    ann_logits = [a_sess.run(a_outs, feeds) for feeds in ds.batches(batch_size)]
     del a_sess
+    metric: Metric = sensitivity if isinstance(sensitivity, Sensitivity) else \
+        fit_sensitivity(plan_sensitivity(ann, sensitivity), ann_logits)
     timings["ann_logits"] = time.perf_counter() - t
 
     # thresholds for every (layer, psi candidate), before any SNN run
@@ -236,7 +245,7 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
             pos = 0
             for feeds, a_logits in zip(batches, ann_logits):
                 env = sg.run_base(feeds)
-                b = metric(a_logits, env[sg.logits])
+                b = metric(a_logits, [env[o] for o in sg.outputs])
                 base_per[pos:pos + len(b)] = b
                 pos += len(b)
                 base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
@@ -265,10 +274,11 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                 t = time.perf_counter()
                 env = sg.run_base(feeds)
                 t_base += time.perf_counter() - t
-                rows = slice(pos, pos + len(a_logits))
-                pos += len(a_logits)
+                k = len(a_logits[0])
+                rows = slice(pos, pos + k)
+                pos += k
                 if not pruners:
-                    base_per[rows] = metric(a_logits, env[sg.logits])
+                    base_per[rows] = metric(a_logits, [env[o] for o in sg.outputs])
                     base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
                 stage.advance(1)
                 work, skipped = [], 0
@@ -325,7 +335,8 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
     return Measurement(
         psi=table("psi", psis, lambda nr: nr.psi), tau=table("tau", taus, lambda nr: nr.tau),
         samples=n, T=neurons[0].T, baseline_S=base_S,
-        baseline_spikes=tuple(float(v) for v in base_spikes), timings=timings, notes=em.notes)
+        baseline_spikes=tuple(float(v) for v in base_spikes), timings=timings, notes=em.notes,
+        sensitivity=metric if isinstance(metric, Sensitivity) else None)
 
 
 
