@@ -56,6 +56,8 @@ struct Job {
   const float* theta_n = nullptr;  // signed neurons: per channel theta / alpha, 2 * offset, psi
   const float* step_w = nullptr;
   const float* psi_neg = nullptr;
+  const float* u_prev = nullptr;   // BurstIFStep: the membrane before the step (X's layout), and after it
+  float* u_next = nullptr;
 };
 
 // The input of one neuron at one step: X[t], or fl(X[t] + R[t]) -- exactly what a separate
@@ -228,9 +230,10 @@ template <bool ADD>
 int64_t RunTile(const Job& j, int64_t n, int64_t p0, int64_t p1, float* u, float* th, float* off,
                 float* psi_n) {
   const int64_t len = p1 - p0;
-  std::fill(u, u + len, 0.f);
-  int64_t total = 0;
   const int64_t first = n * j.P + p0;
+  if (j.u_prev) std::copy_n(j.u_prev + first, len, u);
+  else std::fill(u, u + len, 0.f);
+  int64_t total = 0;
   // pointers of step t: X (maybe one step for all T), R and Y
   auto xt = [&](int64_t t) { return j.x + t * j.x_step + first; };
   auto rt = [&](int64_t t) { return ADD ? j.r + t * j.M + first : nullptr; };
@@ -368,13 +371,14 @@ void RunTask(void* data, size_t task) {
   alignas(64) float u[kTile], th[kTile], off[kTile], psi_n[kTile];
   const int64_t total = j.r ? RunTile<true>(j, n, p0, p1, u, th, off, psi_n)
                             : RunTile<false>(j, n, p0, p1, u, th, off, psi_n);
+  if (j.u_next) std::copy_n(u, p1 - p0, j.u_next + n * j.P + p0);
   if (j.partial) j.partial[task] = total;
 }
 
 }  // namespace
 
-OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
-                                       void** op_kernel) const {
+namespace {
+OrtStatusPtr MakeKernel(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel, bool step) {
   Ort::ConstKernelInfo ki(info);
   std::string name;
   try {
@@ -432,8 +436,19 @@ OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* i
         return Fail(name, "attribute alpha must hold finite values >= 0, got " + std::to_string(a));
     if (std::none_of(alpha.begin(), alpha.end(), [](float a) { return a > 0.f; })) alpha.clear();
   }
-  *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name, std::move(alpha));
+  if (step && (block != 1 || once != 0 || !alpha.empty()))
+    return Fail(name, "BurstIFStep takes no channel_block, time_broadcast or alpha (the ReLU neuron's step only)");
+  *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name, std::move(alpha), step);
   return nullptr;
+}
+}  // namespace
+
+OrtStatusPtr BurstIFOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const {
+  return MakeKernel(api, info, op_kernel, false);
+}
+
+OrtStatusPtr BurstIFStepOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const {
+  return MakeKernel(api, info, op_kernel, true);
 }
 
 // The per-channel parameters for these vth values, cached: vth is almost always a constant
@@ -490,7 +505,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       return Fail(name_, "X must have rank >= 2 ([T*N, C, ...]), got shape " + ShapeStr(shape));
     for (int64_t d : shape)
       if (d < 0) return Fail(name_, "X has a negative dimension: " + ShapeStr(shape));
-    if (!once_ && shape[0] % T_ != 0)
+    if (!once_ && !step_ && shape[0] % T_ != 0)
       return Fail(name_, "batch dimension of X " + ShapeStr(shape) + " is " + std::to_string(shape[0]) +
                              ", not a multiple of T=" + std::to_string(T_));
     std::vector<int64_t> yshape = shape;  // [T*N, C, ...]
@@ -508,9 +523,20 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
                              " channels, not a multiple of channel_block=" + std::to_string(block_));
     int64_t K = 1;
     for (size_t i = 2; i < shape.size(); ++i) K *= shape[i];
-    const int64_t N = yshape[0] / T_;
+    const int64_t N = step_ ? shape[0] : yshape[0] / T_;
     const float* addend = nullptr;
-    if (ctx.GetInputCount() > 2) {
+    const float* u_prev = nullptr;
+    if (step_) {
+      Ort::ConstValue U = ctx.GetInput(2);
+      if (!U) return Fail(name_, "input U (the membrane) is required");
+      auto uinfo = U.GetTensorTypeAndShapeInfo();
+      if (uinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        return Fail(name_, "the membrane U must be a float32 tensor");
+      if (uinfo.GetShape() != shape)
+        return Fail(name_, "the membrane U has shape " + ShapeStr(uinfo.GetShape()) + ", X has " + ShapeStr(shape) +
+                               " (they must be equal)");
+      u_prev = U.GetTensorData<float>();
+    } else if (ctx.GetInputCount() > 2) {
       Ort::ConstValue R = ctx.GetInput(2);
       if (R) {
         auto rinfo = R.GetTensorTypeAndShapeInfo();
@@ -529,6 +555,12 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       Ort::UnownedValue S = ctx.GetOutput(1, std::vector<int64_t>{N});
       if (S) spikes = S.GetTensorMutableData<float>();
     }
+    float* u_next = nullptr;
+    if (step_) {
+      Ort::UnownedValue Un = ctx.GetOutput(2, shape);
+      if (!Un) return Fail(name_, "output U_next is required");
+      u_next = Un.GetTensorMutableData<float>();
+    }
     if (N == 0 || C == 0 || K == 0) {
       if (spikes) std::fill(spikes, spikes + N, 0.f);
       return nullptr;
@@ -542,7 +574,9 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.theta = prm->theta.data();
     job.offset = prm->offset.data();
     job.psi_c = prm->psi_c.data();
-    job.T = T_;
+    job.T = step_ ? 1 : T_;  // the step: one pass; the offset keeps the SNN's T (GetParams)
+    job.u_prev = u_prev;
+    job.u_next = u_next;
     job.N = N;
     job.C = C;
     job.K = K;

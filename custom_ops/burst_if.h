@@ -10,6 +10,12 @@
 // fed at every t, Y is [T*N, C, ...]; what a Tile over the batch feeding it computes).
 // Optional attribute alpha (floats >= 0, 1 or C values): the signed neuron of LeakyReLU/PReLU
 // (negative spikes at threshold theta / alpha, worth -theta); absent or all 0: the ReLU neuron.
+//
+// BurstIFStep: one timestep of the ReLU neuron, the membrane carried by the caller (streaming
+// models; session-only, never in files). Inputs X [N, C, ...], vth as above, U (X's shape: the
+// membrane before the step). Outputs Y (X's shape), spikes [N], U_next (X's shape). Attributes
+// T (the SNN's, it sets the offset theta / (2T)), psi, tau as BurstIF's. T steps from U = 0 give
+// BurstIF's Y and spikes bit for bit.
 #pragma once
 
 #define ORT_API_MANUAL_INIT
@@ -26,11 +32,13 @@ namespace onnx2burst {
 
 inline constexpr const char* kDomain = "onnx2burst";
 inline constexpr const char* kOpType = "BurstIF";
+inline constexpr const char* kStepOpType = "BurstIFStep";
 
 struct BurstIFKernel {
   BurstIFKernel(int64_t T, int64_t psi, float tau, int64_t block, bool once, std::string name,
-                std::vector<float> alpha = {})
-      : T_(T), psi_(psi), tau_(tau), block_(block), once_(once), name_(std::move(name)), alpha_(std::move(alpha)) {}
+                std::vector<float> alpha = {}, bool step = false)
+      : T_(T), psi_(psi), tau_(tau), block_(block), once_(once), step_(step), name_(std::move(name)),
+        alpha_(std::move(alpha)) {}
   // Checks every shape and type before touching memory; errors come back as OrtStatus.
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
@@ -49,6 +57,7 @@ struct BurstIFKernel {
   float tau_;
   int64_t block_;
   bool once_;  // time_broadcast: X holds one step for all T
+  bool step_;  // BurstIFStep: X is one step, U the membrane before it
   std::string name_;
   std::vector<float> alpha_;  // empty: no negative spikes (a ReLU neuron)
   std::mutex mu_;
@@ -68,6 +77,17 @@ struct BurstIFOp : Ort::CustomOpBase<BurstIFOp, BurstIFKernel, /*WithStatus=*/tr
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
     return index == 0 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
+};
+
+struct BurstIFStepOp : Ort::CustomOpBase<BurstIFStepOp, BurstIFKernel, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
+  const char* GetName() const { return kStepOpType; }
+  size_t GetInputTypeCount() const { return 3; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t) const { return INPUT_OUTPUT_REQUIRED; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_REQUIRED; }
 };
 
 }  // namespace onnx2burst

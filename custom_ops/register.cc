@@ -25,11 +25,13 @@ OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtA
   }
   Ort::InitApi(api);
   static onnx2burst::BurstIFOp op;
+  static onnx2burst::BurstIFStepOp step_op;
   static std::mutex mutex;
   static std::vector<Ort::CustomOpDomain> domains;  // must outlive every session that uses them
   try {
     Ort::CustomOpDomain domain{onnx2burst::kDomain};
     domain.Add(&op);
+    domain.Add(&step_op);
     Ort::UnownedSessionOptions(options).Add(domain);
     std::lock_guard<std::mutex> lock(mutex);
     domains.push_back(std::move(domain));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the BurstIF kernel with -fsanitize=address,undefined and run the operator (signed neurons too) and NCHWc-layout
+# Build the BurstIF kernel with -fsanitize=address,undefined and run the operator (signed neurons too) , the one-step op (BurstIFStep) and NCHWc-layout
 # tests (blocked steps, addend, time broadcast) on it.
 # Any sanitizer report aborts the run (halt_on_error / -fno-sanitize-recover).
 set -euo pipefail
@@ -12,4 +12,4 @@ lib=$(ls build/asan/libonnx2burst_ops.so)
 preload="$(g++ -print-file-name=libasan.so):$(g++ -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-ONNX2BURST_OPS_LIBRARY="$PWD/$lib" LD_PRELOAD="$preload" "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_layout.py tests/test_signed_neuron.py "$@"
+ONNX2BURST_OPS_LIBRARY="$PWD/$lib" LD_PRELOAD="$preload" "$PY" -m pytest -q -p no:cacheprovider tests/test_ops.py tests/test_step_op.py tests/test_layout.py tests/test_signed_neuron.py "$@"

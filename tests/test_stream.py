@@ -46,8 +46,8 @@ def converted(request):
     return request.param, ann, snn, export_stream(snn)
 
 
-def _steps(stream, x, T):
-    s = StreamSession(stream)
+def _steps(stream, x, T, kernel=None):
+    s = StreamSession(stream, kernel=kernel)
     s.reset(len(x))
     outs = [s.step({"x": x})[0] for _ in range(T)]
     return s, outs
@@ -60,7 +60,9 @@ def test_T_steps_equal_the_batch_snn_bit_for_bit(converted, kernel):
     x = fm.inputs(snn, 7, seed=11)
     run, spike_names = with_spike_outputs(snn)
     want = ops.make_session(run, kernel=kernel).run(None, {"x": x})
-    s, steps = _steps(stream, x, T)
+    s, steps = _steps(stream, x, T, kernel)
+    # with the kernel every neuron's step is one BurstIFStep node (the same bits), else standard ops
+    assert s.fused == (sum(n.op_type == "BurstIF" for n in snn.graph.node) if kernel else 0)
     got = s.prediction()[0]
     assert got.dtype == want[0].dtype and got.shape == want[0].shape
     assert np.array_equal(got, want[0]), f"{name}: largest difference {np.abs(got - want[0]).max()}"
@@ -71,7 +73,7 @@ def test_T_steps_equal_the_batch_snn_bit_for_bit(converted, kernel):
             acc += y
         assert np.array_equal(acc / np.float32(T), want[0])
     # spikes: the steps' counts add up to the batch SNN's
-    s2 = StreamSession(stream)
+    s2 = StreamSession(stream, kernel=kernel)
     s2.reset(len(x))
     total = 0
     for _ in range(T):

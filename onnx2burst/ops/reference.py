@@ -43,16 +43,41 @@ def burst_if(x: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0,
     y = np.empty_like(xt)
     spikes = np.zeros(N, dtype=np.float32)
     for t in range(T):
-        u = (u + xt[t]) + offset
-        q = np.floor(u / theta)
-        q = np.where(q > 0, q, np.float32(0))                  # clip(., 0, psi); NaN -> 0
-        q = np.where(q > psi, np.float32(psi), q)
-        s = np.where(fires, q, np.float32(0)).astype(np.float32)
-        st = s * theta
-        u = u - st
-        y[t] = st
+        u, y[t], s = _step(u, xt[t], theta, offset, fires, psi)
         spikes += s.reshape(N, per_sample).sum(axis=1, dtype=np.float32)
     return y.reshape(x.shape), spikes
+
+
+def _step(u, x_t, theta, offset, fires, psi):
+    """One timestep of the ReLU neuron: ``(u after the step, Y[t], spikes per neuron)``."""
+    u = (u + x_t) + offset
+    q = np.floor(u / theta)
+    q = np.where(q > 0, q, np.float32(0))                  # clip(., 0, psi); NaN -> 0
+    q = np.where(q > psi, np.float32(psi), q)
+    s = np.where(fires, q, np.float32(0)).astype(np.float32)
+    st = s * theta
+    return u - st, st, s
+
+
+def burst_if_step(x: np.ndarray, u: np.ndarray, vth: np.ndarray, T: int, psi: int, tau: float = 1.0):
+    """One timestep of the ReLU neuron of an SNN of ``T`` steps, the state carried by the caller.
+
+    x, u: float32 ``[N, C, ...]`` (this step's input, the membrane before it; zeros at the
+    start). Returns ``(Y, spikes [N], u after the step)``, the outputs of the kernel's
+    ``BurstIFStep`` in its order. Stepping T times from ``u = 0``
+    gives :func:`burst_if` on the T steps stacked, bit for bit.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    u = np.asarray(u, dtype=np.float32)
+    vth = np.asarray(vth, dtype=np.float32).reshape(-1)
+    if x.ndim < 2 or u.shape != x.shape or vth.size not in (1, x.shape[1]):
+        raise ValueError(f"BurstIFStep: X {x.shape}, U {u.shape} (must equal X), vth {vth.size} values (1 or C)")
+    theta = np.float32(tau) * vth.reshape((1, -1) + (1,) * (x.ndim - 2))
+    fires = theta > 0
+    theta = np.where(fires, theta, np.float32(1))
+    offset = theta / np.float32(2 * T)
+    u, y, s = _step(u, x, theta, offset, fires, psi)
+    return y, s.reshape(len(x), -1).sum(axis=1, dtype=np.float32), u
 
 
 def _signed(x, vth, T, psi, tau, alpha):

@@ -8,3 +8,7 @@ INPUTS = ("X", "vth")
 OUTPUTS = ("Y", "spikes")
 ATTRIBUTES = {"T": "int >= 1", "psi": "int >= 1", "tau": "float > 0 (default 1.0)",
               "alpha": "floats >= 0, 1 or C values (default: absent = 0, no negative spikes)"}
+
+#: the session-only one-timestep form of BurstIF (streaming models with the kernel):
+#: ``Y, spikes, U_next = BurstIFStep(X, vth, U)``, attributes T, psi, tau as BurstIF's
+STEP_OP_TYPE = "BurstIFStep"

@@ -34,7 +34,7 @@ from ..ops.schema import DOMAIN
 from ..rewrite.rewriter import LATERAL_TAG
 from ..snn import METADATA_PREFIX, read_snn
 
-__all__ = ["build_stream", "stream_info", "STREAM_KEY", "STEPS_STATE", "SHARED_KINDS"]
+__all__ = ["build_stream", "fuse_steps", "stream_info", "STREAM_KEY", "STEPS_STATE", "SHARED_KINDS"]
 
 STREAM_KEY = METADATA_PREFIX + "stream"
 STEPS_STATE = "steps"
@@ -63,8 +63,11 @@ def _time_tiles(idx: GraphIndex, T: int) -> list[onnx.NodeProto]:
     return tiles
 
 
-def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: list, rank: int | None = None) -> str:
-    """Replace a BurstIF node by its one-step form; returns the name of its spikes output."""
+def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: list, rank: int | None = None,
+                   kernel_steps: list | None = None) -> str:
+    """Replace a BurstIF node by its one-step form; returns the name of its spikes output. A ReLU
+    neuron's step is described in ``kernel_steps`` (its nodes, inputs and outputs), so that a
+    session with the kernel can run it as one ``BurstIFStep`` node (``fuse_steps``)."""
     n = neuron.node
     extra = sorted({a.name for a in n.attribute} - set(_ATTRIBUTES))
     signed = neuron.alpha is not None and bool((neuron.alpha > 0).any())  # alpha 0 everywhere: the plain step
@@ -117,6 +120,7 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
         new_nodes += [helper.make_node("Shape", [neuron.x], [shape], name=f("shape_of")),
                       helper.make_node("Reshape", [neuron.x, flat], [x3], name=f("to_NCK"))]
     kept_outputs = {"u_out", "y_t", "spk_out", "w_out"}
+    first = len(new_nodes)
     for b in _specialise(list(body.node), fires_all=bool(fires.all())):
         if all(o.endswith("_out") and o not in kept_outputs for o in b.output):
             continue  # the pass-through states
@@ -132,6 +136,10 @@ def _inline_neuron(idx: GraphIndex, neuron, T: int, new_nodes: list, states: lis
             node.output[k] = names[o]
         node.name = f(b.name or b.output[0])
         new_nodes.append(node)
+    if kernel_steps is not None and not signed:
+        kernel_steps.append({"layer": neuron.name, "x": x3, "u_in": u_in, "y": y3, "spikes": spikes, "u_out": u_out,
+                             "theta": names["theta_in"], "fires": names["fires_in"], "T": T, "psi": neuron.psi,
+                             "nodes": [nd.name for nd in new_nodes[first:]]})
     if not natural:
         new_nodes.append(helper.make_node("Reshape", [y3, shape], [neuron.y], name=neuron.name))
     states.append({"kind": "membrane", "layer": neuron.name, "in": u_in, "out": u_out, "of": neuron.x,
@@ -301,10 +309,10 @@ def build_stream(snn: onnx.ModelProto, ranks: dict | None = None) -> tuple[onnx.
     one = idx.set_const(idx.fresh("one_step"), np.array(1.0, np.float32))
     new_nodes.append(helper.make_node("Add", [steps[0], one], [steps[1]], name=idx.fresh("count_steps")))
 
-    spikes = []
+    spikes, kernel_steps = [], []
     for neuron in view.neurons:
-        spikes.append({"layer": neuron.name,
-                       "name": _inline_neuron(idx, neuron, T, new_nodes, states, (ranks or {}).get(neuron.x))})
+        spikes.append({"layer": neuron.name, "name": _inline_neuron(idx, neuron, T, new_nodes, states,
+                                                                    (ranks or {}).get(neuron.x), kernel_steps)})
     removed += [n.node for n in view.neurons]
     for node in list(g.node):
         if node.op_type == "CumSum":
@@ -336,8 +344,51 @@ def build_stream(snn: onnx.ModelProto, ranks: dict | None = None) -> tuple[onnx.
     keep = [o for o in m.opset_import if o.domain != DOMAIN]
     del m.opset_import[:]
     m.opset_import.extend(keep)
-    info = {"T": T, "inputs": inputs, "outputs": outputs, "spikes": spikes, "states": states}
+    info = {"T": T, "inputs": inputs, "outputs": outputs, "spikes": spikes, "states": states,
+            "kernel_steps": kernel_steps}
     return m, info
+
+
+def fuse_steps(model: onnx.ModelProto, info: dict) -> tuple[onnx.ModelProto, int]:
+    """``model`` (a streaming model) with each ReLU neuron's standard-op step replaced by one
+    ``BurstIFStep`` node of the kernel, and how many were replaced: the same bits (the node
+    gets ``vth = theta`` where the neuron fires, 0 where it never does, ``tau = 1``; docs/stream.md)
+    in one pass over the membrane instead of a dozen element-wise ops. Session-only: files keep
+    the standard ops. A step whose nodes are not all there (an edited file) is left as it is."""
+    from onnx import numpy_helper
+
+    from ..ops.schema import STEP_OP_TYPE
+
+    m = copy.deepcopy(model)
+    g = m.graph
+    consts = {t.name: t for t in g.initializer}
+    for node in g.node:  # set_const may have written Constant nodes
+        if node.op_type == "Constant" and len(node.output) == 1:
+            consts.setdefault(node.output[0], next((a.t for a in node.attribute if a.name == "value"), None))
+    by_name = {n.name: k for k, n in enumerate(g.node)}
+    drop, put = set(), {}
+    for st in info.get("kernel_steps") or []:
+        where = [by_name.get(n) for n in st["nodes"]]
+        theta_t = consts.get(st["theta"])
+        if not st["nodes"] or None in where or theta_t is None:
+            continue
+        theta = numpy_helper.to_array(theta_t).astype(np.float32).reshape(-1)
+        fires_t = consts.get(st["fires"])   # pruned when every channel fires
+        fires = np.ones(theta.shape, bool) if fires_t is None else numpy_helper.to_array(fires_t).reshape(-1)
+        vth = f"{st['layer']}/vth_step"
+        g.initializer.append(numpy_helper.from_array(np.where(fires, theta, np.float32(0)).astype(np.float32), vth))
+        drop.update(where)
+        put[min(where)] = helper.make_node(STEP_OP_TYPE, [st["x"], vth, st["u_in"]], [st["y"], st["spikes"], st["u_out"]],
+                                           domain=DOMAIN, name=st["layer"], T=int(st["T"]), psi=int(st["psi"]), tau=1.0)
+    if not put:
+        return model, 0
+    nodes = [put.get(k, n) for k, n in enumerate(g.node) if k in put or k not in drop]
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == DOMAIN for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    GraphIndex(g).prune()
+    return m, len(put)
 
 
 def stream_info(model: onnx.ModelProto) -> dict | None:

@@ -53,14 +53,16 @@ class AdaptiveRun:
 class StreamSession:
     """An onnxruntime session of a streaming model (``onnx2burst export-stream``) and its state.
 
-    model: a path or ModelProto. kernel/threads: as ``ops.make_session`` (the streaming model
-    holds standard ops only; it runs on a stock onnxruntime).
+    model: a path or ModelProto. kernel/threads: as ``ops.make_session``. The streaming model
+    holds standard ops only and runs on a stock onnxruntime; with the kernel (None: when built)
+    the session runs each ReLU neuron's step as one ``BurstIFStep`` node instead (``fuse_steps``,
+    the same bits; ``fused`` says how many).
     """
 
-    def __init__(self, model, *, threads: int | None = None, kernel: bool | None = False):
+    def __init__(self, model, *, threads: int | None = None, kernel: bool | None = None):
         from ..io import load_model
-        from ..ops import make_session
-        from .build import stream_info
+        from ..ops import kernel_available, make_session
+        from .build import fuse_steps, stream_info
 
         what = "the model" if isinstance(model, onnx.ModelProto) else os.fspath(model)
         m = model if isinstance(model, onnx.ModelProto) else load_model(model)
@@ -81,8 +83,10 @@ class StreamSession:
         self._states = info["states"]
         self._fetch = ([o["step"] for o in info["outputs"]] + self.output_names + [s["name"] for s in info["spikes"]]
                        + [s["out"] for s in self._states])
+        use_kernel = kernel_available() if kernel is None else bool(kernel)
+        run, self.fused = fuse_steps(m, info) if use_kernel else (m, 0)
         with onnxruntime_errors(f"the streaming model {what}"):
-            self._sess = make_session(m, kernel=kernel, threads=threads, layout="plain")
+            self._sess = make_session(run, kernel=use_kernel, threads=threads, layout="plain")
         import onnxruntime as ort
 
         self._quiet = ort.RunOptions()
