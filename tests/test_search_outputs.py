@@ -207,3 +207,20 @@ def test_bsr_and_ssc_run_on_the_bundled_detector(tmp_path):
     # ANN's mean scores 1.0; the plain conversion at T=4, psi=2 scores 0.06, 0.07, 0.002, 0.42)
     for t, av, sv in zip(sens.terms, a, s):
         assert t.kind == "mse" and float(t(av, sv).mean()) < 0.5, t.output
+
+
+def test_search_on_a_detector_skips_the_class_r_sweep(tmp_path):
+    """`search` reports the sensitivity it used; its r sweep (top-1, class agreement) is skipped
+    with a note for outputs that are not class scores, and the SSC choice is still written."""
+    ann = ROOT / "models" / "zoo" / "det_fmnist.onnx"
+    calib = ROOT / "models" / "data" / "det_fmnist_calib.npz"
+    r = CliRunner().invoke(main, ["search", str(ann), "--T", "4", "--psi", "2", "--calib", str(calib),
+                                  "--calib-samples", "32", "--ssc", "--tau-grid", "1,2", "--search-samples", "8",
+                                  "--r-sweep", "1,2", "--threads", "1", "-q", "--out", str(tmp_path / "rep"),
+                                  "-o", str(tmp_path / "det.snn.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "no r sweep" in r.output and "normalised squared error of head_s4" in r.output
+    assert not (tmp_path / "rep" / "r_sweep.png").exists() and (tmp_path / "det.snn.onnx").exists()
+    doc = json.loads((tmp_path / "rep" / "search.json").read_text())
+    assert doc["r_sweep"] is None
+    assert [t["kind"] for t in doc["measurements"]["ssc"]["sensitivity"]["terms"]] == ["mse"] * 4
