@@ -7,8 +7,11 @@ read every sample's exit step off that run; report mean timesteps, top-1 (with t
 error of the paired difference against all T steps), agreement with the ANN, spikes and energy
 per sample over the steps run; then the wall time per sample at batch 1 of
 ``StreamSession.run_adaptive`` against the batch SNN (the C++ kernel when built) running all T
-steps, measured back to back on the same samples. A plot shows top-1 against mean timesteps as
-c varies (t_min of the chosen rule).
+steps, measured back to back on the same samples (the streaming session runs each ReLU neuron's
+step as the kernel's BurstIFStep when the kernel is built). A second table chooses each rule on the
+first half of the test images (held out from training, as validation images passed to
+``convert --exit-data`` would be) and measures it on the second half. A plot shows top-1 against
+mean timesteps as c varies (t_min of the chosen rule).
 
     python benchmarks/adaptive.py                     # 10k test images, T = 8 and 16
     python benchmarks/adaptive.py --limit 1000 --T 8  # quicker
@@ -21,7 +24,7 @@ import common
 import numpy as np
 
 from onnx2burst.data import load_data
-from onnx2burst.evaluation.adaptive import _ann_classes, anytime_run, summarize
+from onnx2burst.evaluation.adaptive import AnytimeRun, _ann_classes, anytime_run, summarize
 from onnx2burst.evaluation.energy import ann_macs, energy_model
 from onnx2burst.stream import StreamSession, choose_rule, export_stream
 from onnx2burst.stream.rule import RULES, c_grid, exit_steps
@@ -81,9 +84,19 @@ def measure(model: str, T: int, x, labels, args) -> dict:
             ex = exit_steps(sc, c, rule.t_min)
             pick = run.preds.argmax(2)[ex - 1, np.arange(len(labels))]
             curve.append((float(ex.mean()), 100 * float((pick == labels).mean()), float(c)))
+        # the same rule kind chosen on the first half of the test images (held out from training, as
+        # validation images would be: `convert --exit-data`), measured on the second half
+        half = len(labels) // 2
+        rule_h, cal_h = choose_rule(run.preds[:, :half], ann_pred[:half], tol=0.0, kind=kind, head=run.head,
+                                    steps=run.steps[:, :half])
+        second = AnytimeRun(run.preds[:, half:], run.spikes[:, :, half:], run.head, run.layers, run.steps[:, half:])
+        res_h = summarize(second, exit_steps(sc[:, half:], rule_h.c, rule_h.t_min), ann_pred[half:], labels[half:],
+                          em, macs, rule={"kind": kind, "c": rule_h.c, "t_min": rule_h.t_min, "tol": 0.0},
+                          e_ac_pj=0.9, e_mac_pj=4.6)
         ms_snn, ms_ad, r = _timing(snn, stream, rule, x, args.time_samples, args.threads)
         out["rules"][kind] = {**res.to_dict(), "calibration": cal, "curve": curve, "ms_snn_batch1": ms_snn,
-                              "ms_adaptive_batch1": ms_ad, "time_ratio": r}
+                              "ms_adaptive_batch1": ms_ad, "time_ratio": r,
+                              "held_out": {**res_h.to_dict(), "calibration": cal_h}}
         print(f"{model} T={T} {kind}: c={rule.c:.4g} t_min={rule.t_min} steps {res.mean_timesteps:.2f} "
               f"top-1 {res.top1:.2f} vs {res.top1_full_T:.2f} (+-{res.top1_drop_se:.2f}) "
               f"{ms_ad:.2f} vs {ms_snn:.2f} ms", flush=True)
@@ -135,6 +148,21 @@ def _table(results: list[dict], args) -> str:
                 f"{d['agreement']:.2f} % vs {d['agreement_full_T']:.2f} % | {d['spikes'] / 1e3:.1f} k vs "
                 f"{d['spikes_full_T'] / 1e3:.1f} k | {d['energy_pj'] / 1e6:.1f} vs {d['energy_full_T_pj'] / 1e6:.1f} uJ | "
                 f"{d['ms_adaptive_batch1']:.2f} vs {d['ms_snn_batch1']:.2f} (x{d['time_ratio']:.2f}) |")
+    n2 = results[0]["samples"] - results[0]["samples"] // 2
+    lines += ["", f"The same rules with c and t_min chosen on the first {results[0]['samples'] // 2} test images "
+              "instead (data the model was not trained on, as validation images would be: `convert --adaptive "
+              f"--exit-data`), measured on the other {n2}:", "",
+              "| model | T | rule (c, t_min) | mean timesteps | top-1 adaptive | top-1 all T | difference (SE) | "
+              "spikes / sample |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for kind, d0 in r["rules"].items():
+            d = d0["held_out"]
+            rule = d["rule"]
+            lines.append(
+                f"| {r['model']} | {r['T']} | {kind} ({rule['c']:.4g}, {rule['t_min']}) | "
+                f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / r['T']:.2f} T) | {d['top1']:.2f} % | "
+                f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f}) | "
+                f"{d['spikes'] / 1e3:.1f} k vs {d['spikes_full_T'] / 1e3:.1f} k |")
     lines += ["", "Distribution of the exit steps (samples per step, confidence rule):", ""]
     for r in results:
         h = r["rules"]["confidence"]["timesteps"]

@@ -52,6 +52,28 @@ def test_convert_adaptive_stores_a_rule(kit):
     assert "onnx2burst.adaptive" not in {p.key for p in onnx.load(kit / "plain.onnx").metadata_props}
 
 
+def test_convert_chooses_the_rule_on_exit_data(kit, tmp_path):
+    """--exit-data: the rule is chosen on those inputs (here noisier ones: a stricter or equal
+    rule than on the calibration samples is what it is for), the same as attach_exit_rule on them;
+    without --adaptive it is one line naming the option, nothing written."""
+    from onnx2burst.evaluation.adaptive import attach_exit_rule
+
+    x = np.load(kit / "data.npz")["x"]
+    np.save(tmp_path / "held.npy", x[:48])
+    res = CliRunner().invoke(main, ["convert", str(kit / "ann.onnx"), "--calib", str(kit / "calib.npy"), "--T", "6",
+                                    "--psi", "2", "--adaptive", "--exit-data", str(tmp_path / "held.npy"), "-q",
+                                    "-o", str(tmp_path / "snn.onnx")])
+    assert res.exit_code == 0, res.output
+    assert "on the 48 exit samples" in res.output
+    got = ExitRule.from_metadata({p.key: p.value for p in onnx.load(tmp_path / "snn.onnx").metadata_props})
+    plain = onnx.load(kit / "plain.onnx")
+    want, _ = attach_exit_rule(plain, onnx.load(kit / "ann.onnx"), tmp_path / "held.npy")
+    assert got == want
+    res = CliRunner().invoke(main, ["convert", str(kit / "ann.onnx"), "--calib", str(kit / "calib.npy"),
+                                    "--exit-data", str(tmp_path / "held.npy"), "-q", "-o", str(tmp_path / "o.onnx")])
+    assert "--exit-data" in _error(res) and not (tmp_path / "o.onnx").exists()
+
+
 def test_export_stream_writes_a_model_that_steps(kit):
     res = CliRunner().invoke(main, ["export-stream", str(kit / "snn.onnx"), "-o", str(kit / "s.onnx")])
     assert res.exit_code == 0, res.output

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import (build_calibration, build_search, build_snn, calibration_options, cli_errors, read_guard_early,
-                      search_options, snn_options)
+from .options import (InputPath, build_calibration, build_search, build_snn, calibration_options, cli_errors,
+                      read_guard_early, search_options, snn_options)
 
 
 @click.command(name="convert")
@@ -36,9 +36,13 @@ from .options import (build_calibration, build_search, build_snn, calibration_op
               show_default=True,
               help="--adaptive: exit on the running mean's largest softmax probability, on its gap to the second, "
                    "or on that gap in the step's own output when it names the same class (docs/stream.md).")
+@click.option("--exit-data", "exit_data", type=InputPath(exists=True), default=None, metavar="DATA",
+              help="--adaptive: choose the rule on these inputs (labels not needed) instead of the calibration "
+                   "samples: held-out data the model was not trained on, e.g. validation images, on which the "
+                   "model is as unsure as on new inputs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexact, external_data, portable, quiet,
-            adaptive, exit_tol, exit_rule, **kw):
+            adaptive, exit_tol, exit_rule, exit_data, **kw):
     """Convert MODEL.onnx into a spiking network with burst spikes (BurstIF neurons).
 
     Each ReLU becomes a BurstIF neuron whose per-channel thresholds are fitted on the
@@ -67,8 +71,12 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
                             allow_inexact=allow_inexact, calibration=calib, signed=not kw.pop("no_signed"))
         out = output or model.with_name(model.name[:-5] + ".snn.onnx" if model.name.endswith(".onnx")
                                         else model.name + ".snn.onnx")
+        if exit_data is not None and not adaptive:
+            raise click.BadParameter("it chooses the exit rule of --adaptive; give --adaptive too",
+                                     param_hint="--exit-data")
         inputs = {"the calibration data (--calib)": source,
-                  "the guard data (--guard-data)": search.guard.data if search.guard else None}
+                  "the guard data (--guard-data)": search.guard.data if search.guard else None,
+                  "the exit data (--exit-data)": exit_data}
         out = check_output(out, model, sources=inputs)
         if external_data:
             check_output(out.with_name(out.name + ".data"), model, sources=inputs, option="-o's weights")
@@ -92,8 +100,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
         if adaptive:
             from onnx2burst.evaluation.adaptive import attach_exit_rule
 
-            exit_summary = attach_exit_rule(final, conv.canonical.model, conv.load_data(source), tol=exit_tol,
-                                            kind=exit_rule, threads=calib.threads, progress=progress)
+            exit_summary = attach_exit_rule(final, conv.canonical.model, conv.load_data(exit_data or source),
+                                            tol=exit_tol, kind=exit_rule, threads=calib.threads, progress=progress)
         if portable:
             from onnx2burst.interop.portable import make_portable
 
@@ -103,7 +111,8 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             st.advance()
         _summary(result, out, time.perf_counter() - t0)
         if exit_summary is not None:
-            click.echo(f"  adaptive    : {_exit_line(*exit_summary, T=result.snn.T)}")
+            where = "exit" if exit_data else "calibration"
+            click.echo(f"  adaptive    : {_exit_line(*exit_summary, T=result.snn.T, data=where)}")
         if search.any:
             chosen = ", ".join(f"{p}/{t:g}" for p, t in tuned.settings.values())
             click.echo(f"  psi/tau     : {chosen} (per neuron, in order; --bsr/--ssc)")
@@ -116,11 +125,11 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
                            f"(the per-layer tables predicted {ck.predicted:.4g})")
 
 
-def _exit_line(rule, summary, *, T: int) -> str:
+def _exit_line(rule, summary, *, T: int, data: str = "calibration") -> str:
     if rule is None:
         return summary  # why no rule applies
     return (f"{rule.describe()}; on the {summary['samples']} "
-            f"calibration samples: {summary['mean_timesteps']:.2f} of {T} steps on average, agreement with the ANN "
+            f"{data} samples: {summary['mean_timesteps']:.2f} of {T} steps on average, agreement with the ANN "
             f"{100 * summary['agreement']:.1f} % (all {T} steps: {100 * summary['agreement_full_T']:.1f} %)")
 
 
