@@ -230,6 +230,15 @@ def main(argv=None):
             lines.append(f"| {n} | {b.get('batch')} | {b['seconds']:.0f} s | {b.get('vmhwm_mb') or 0:.0f} MB | "
                          f"{int(n) * 3 * 224 * 224 * 4 / 2**20:.0f} MB | "
                          + ", ".join(f"{k} {v:.0f} s" for k, v in b["stages"].items()) + " |")
+        big_rows = sorted(store["big"].items(), key=lambda kv: int(kv[0]))
+        if len(big_rows) > 1:
+            (n0, b0), (n1, b1) = big_rows[0], big_rows[-1]
+            data_mb = (int(n1) - int(n0)) * 3 * 224 * 224 * 4 / 2**20
+            lines += ["", f"From {n0} to {n1} samples the peak moves by "
+                      f"{(b1.get('vmhwm_mb') or 0) - (b0.get('vmhwm_mb') or 0):+.0f} MB while the data grows by "
+                      f"{data_mb:.0f} MB; the wall time goes from {b0['seconds'] / int(n0):.1f} to "
+                      f"{b1['seconds'] / int(n1):.1f} s per sample (every pass runs every sample; a row measured "
+                      "while other jobs shared the cores comes out slower)."]
     threads = ", ".join(f"{r['model']} {r.get('threads') or 'default'}" for r in rows)
     lines += ["", f"Machine: {machine()}, shared with other work; onnxruntime threads: {threads}."]
     text = "\n".join(lines) + "\n"

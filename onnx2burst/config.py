@@ -160,8 +160,8 @@ class CalibrationConfig:
     the largest of 64, 32, ..., 1 whose plan fits the memory budget, see ``max_memory``).
     seed: the subset choice. threads: onnxruntime intra-op threads (None: its default).
     kernel: use the C++ BurstIF kernel (None: when available). cache_mb: memory the bias
-    calibration may use to keep spike maps between layers (0 disables the cache; results
-    are the same, only slower). max_memory: the memory budget, bytes or a size such as ``"8G"``
+    calibration may use to keep spike maps between layers in memory (beyond it they go to a
+    temporary folder on disk; 0 disables the cache; results are the same, only slower). max_memory: the memory budget, bytes or a size such as ``"8G"``
     (``--max-memory``): the batch size is chosen to fit it, and a plan that needs more even at
     batch 1 (or at the batch given) is refused (``ResourceLimitError``) before anything runs.
     None: the smaller of 4 GiB and a quarter of the memory available chooses the batch, and

@@ -82,6 +82,33 @@ def test_cache_gives_identical_result():
         np.testing.assert_array_equal(a.deltas[k], b.deltas[k])
 
 
+def test_cache_spilled_to_disk_gives_identical_result(tmp_path, monkeypatch):
+    """Spike counts over the memory budget go to a temporary folder (removed at the end), not
+    back to recomputing every layer from the input; the corrections are the same bits."""
+    import tempfile
+
+    import onnx2burst.tuning.bias as bias
+
+    conv, data, stats, vth, snn, x = _prepare(fm.maxpool_net(), T=4, psi=2)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    spilled = []
+    real = bias._Cache.spill
+    monkeypatch.setattr(bias._Cache, "spill", lambda self, folder: (spilled.append(folder), real(self, folder)))
+    a = calibrate_biases(snn, stats.mean, data, batch_size=8, cache_mb=0)
+    b = calibrate_biases(snn, stats.mean, data, batch_size=8, cache_mb=1e-6)
+    assert spilled, "a budget of a few bytes spills the cache"
+    for k in a.deltas:
+        np.testing.assert_array_equal(a.deltas[k], b.deltas[k])
+    assert list(tmp_path.iterdir()) == []
+    # no room on disk either: recompute, same result
+    monkeypatch.setattr(bias, "_disk_room", lambda folder: 0)
+    spilled.clear()
+    c = calibrate_biases(snn, stats.mean, data, batch_size=8, cache_mb=1e-6)
+    assert not spilled
+    for k in a.deltas:
+        np.testing.assert_array_equal(a.deltas[k], c.deltas[k])
+
+
 def test_gemm_beta_and_created_bias():
     m = fm.gemm_mlp()
     conv, data, stats, vth, snn, x = _prepare(m, T=4, psi=2)

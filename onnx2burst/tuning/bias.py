@@ -12,13 +12,18 @@ SNN graph needed for the neuron at hand (onnxruntime runs every node of a sessio
 whatever outputs are requested, so the needed part is cut out of the graph). To keep the
 cost linear in depth rather than quadratic, the spike maps of an articulation point (a
 neuron output that is the only tensor the rest of the graph reads, e.g. a ResNet block
-output) are kept in memory as integer spike counts (exact: ``Y = count * tau * vth``)
-when they fit in ``cache_mb``; later layers start from there. The result is the same
-with or without the cache.
+output) are kept as integer spike counts (exact: ``Y = count * tau * vth``), in memory
+when they fit in ``cache_mb``, else in a temporary folder on disk (one ``.npy`` per batch,
+removed at the end) when the disk has room; later layers start from there. Only when neither
+holds does a layer recompute from the model input (quadratic in depth). The result is the
+same with or without the cache, in memory or on disk.
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -86,7 +91,8 @@ def articulation_points(model: onnx.ModelProto, candidates: set[str]) -> set[str
 
 
 class _Cache:
-    """Spike counts (uint8/uint16) of one neuron output for every calibration batch.
+    """Spike counts (uint8/uint16) of one neuron output for every calibration batch, in memory
+    or, once :meth:`spill` moved them, as one ``.npy`` file per batch in ``folder``.
 
     The graph converts them: ``<y>__counts = Cast(Round(y / theta))`` when they are made,
     and ``y = Cast(counts) * theta`` when they are fed back, the same float32 product the
@@ -95,15 +101,35 @@ class _Cache:
     def __init__(self, name: str, theta: np.ndarray, dtype):
         self.name, self.theta, self.dtype = name, theta, dtype
         self.counts_name = f"{name}__counts"
-        self.batches: list[np.ndarray] = []
+        self.batches: list[np.ndarray | Path] = []
+        self.folder: Path | None = None
+        self.nbytes = 0
+
+    def add(self, counts: np.ndarray) -> None:
+        self.nbytes += counts.nbytes
+        if self.folder is None:
+            self.batches.append(counts)
+        else:
+            path = self.folder / f"{len(self.batches)}.npy"
+            np.save(path, counts)
+            self.batches.append(path)
+
+    def spill(self, folder: Path) -> None:
+        """Move the batches held in memory to ``folder`` and write every later one there."""
+        folder.mkdir(parents=True, exist_ok=False)
+        self.folder, held, self.batches = folder, self.batches, []
+        for c in held:
+            self.add(c)
+            self.nbytes -= c.nbytes
 
     def feeds(self):
         for c in self.batches:
-            yield {self.counts_name: c}
+            yield {self.counts_name: np.load(c) if isinstance(c, Path) else c}
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.batches)
+    def drop(self) -> None:
+        self.batches = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _theta(idx: GraphIndex, n: SpikingNeuron) -> np.ndarray:
@@ -160,7 +186,7 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
     chosen = set(neurons) if neurons is not None else None
     result = BiasCalibration(model)
     cache: _Cache | None = None
-    budget = int(cache_mb) * 2**20
+    budget = int(float(cache_mb) * 2**20)
     nb = data.num_batches(batch_size)
 
     def batches():
@@ -170,7 +196,8 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
             yield from cache.feeds()
 
     todo = [n for n in snn.neurons if chosen is None or n.name in chosen]
-    with progress.stage("bias calibration (SNN)", len(todo) * nb) as st:
+    with tempfile.TemporaryDirectory(prefix="onnx2burst-bias-") as spill_root, \
+            progress.stage("bias calibration (SNN)", len(todo) * nb) as st:
         for k, n in enumerate(snn.neurons):
             if n in todo:
                 if n.bias is None:
@@ -200,13 +227,29 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
                         result.deltas[n.name] = delta
             # keep this neuron's spike maps when everything after it reads only them
             if n.output in cuts and budget > 0 and any(m in todo for m in snn.neurons[k + 1:]):
-                cache = _materialise(work, cache, n, widx, ranks, batches, budget, threads, kernel,
-                                     snn.T * len(data)) or cache
+                new = _materialise(work, cache, n, widx, ranks, batches, budget, threads, kernel,
+                                   snn.T * len(data), Path(spill_root) / f"{k}")
+                if new is not None:
+                    if cache is not None:
+                        cache.drop()
+                    cache = new
+        if cache is not None:
+            cache.drop()
     return result
 
 
-def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, threads, kernel, total_rows):
-    """The spike counts of ``n.output`` for every batch, or None when they would not fit ``budget``."""
+def _disk_room(folder: Path) -> int:
+    """Bytes the spill folder may take: the free space less a margin of 1 GiB."""
+    try:
+        return shutil.disk_usage(folder.parent).free - 2**30
+    except OSError:
+        return 0
+
+
+def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, threads, kernel, total_rows,
+                 folder: Path):
+    """The spike counts of ``n.output`` for every batch, in memory when they fit ``budget``, else
+    spilled to ``folder``; None when the disk has no room for them either."""
     if n.alpha is not None:  # signed neuron: -psi .. psi per step
         dtype = np.int8 if n.psi <= 127 else np.int16 if n.psi <= 32767 else np.int32
     else:
@@ -229,8 +272,12 @@ def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, th
     rows = 0
     for feeds in batches():
         c = runner.run(feeds, [new.counts_name])[0]
-        new.batches.append(c)
+        new.add(c)
         rows += c.shape[0]
-        if new.nbytes / rows * total_rows > budget:
-            return None
+        projected = new.nbytes / rows * total_rows
+        if new.folder is None and projected > budget:
+            if projected > _disk_room(folder):
+                new.drop()
+                return None
+            new.spill(folder)
     return new
