@@ -12,7 +12,7 @@ import pytest
 import search_choices
 from onnx2burst import search as S
 from onnx2burst.errors import ConfigError
-from onnx2burst.search.prune import Prune, Pruner
+from onnx2burst.search.prune import Prune, Pruner, open_layers
 from onnx2burst.tuning.thresholds import ThresholdSearch, candidate_factors
 from snn_fixtures import ann_model, sample_data, snn_model
 
@@ -40,6 +40,21 @@ def test_choices_are_the_recorded_ones(name, tmp_path, monkeypatch):
     assert (got["bsr_budget"], got["ssc_budget"]) == (want["bsr_budget"], want["ssc_budget"])
 
 
+def _same_ssc_choices(full, pruned, r, z, frontier=False):
+    """SSC on the pruned table chooses what it chooses on the full one, at r and at 0.7 r (a
+    budget no larger), or both refuse."""
+    for rr in (r, r * 0.7):
+        try:
+            a = S.choose_ssc(full, r=rr, z=z)
+        except S.InfeasibleBudgetError:
+            with pytest.raises(S.InfeasibleBudgetError):
+                S.choose_ssc(pruned, r=rr, z=z)
+            continue
+        b = S.choose_ssc(pruned, r=rr, z=z)
+        assert a.choice == b.choice and a.budget == b.budget
+        assert not frontier or a.frontier == b.frontier
+
+
 @pytest.mark.parametrize("r,z", [(1.0, 0.0), (1.3, 0.0), (3.0, 0.0), (1.0, 1.0), (2.0, 2.0)])
 def test_pruned_tau_table_gives_the_same_choice(toy, r, z):
     """Pruning for r prunes some cells, keeps the rest bit for bit, and SSC chooses the same at
@@ -50,15 +65,37 @@ def test_pruned_tau_table_gives_the_same_choice(toy, r, z):
     assert np.array_equal(m.tau.S[live], full.tau.S[live]) and np.array_equal(m.tau.spikes[live], full.tau.spikes[live])
     if r == 1.0 and z == 0.0:
         assert not live.all(), "nothing pruned: the test would not see a wrong pruning"
-    for rr in (r, r * 0.7):
-        try:
-            a = S.choose_ssc(full.tau, r=rr, z=z)
-        except S.InfeasibleBudgetError:
-            with pytest.raises(S.InfeasibleBudgetError):
-                S.choose_ssc(m.tau, r=rr, z=z)
-            continue
-        b = S.choose_ssc(m.tau, r=rr, z=z)
-        assert a.choice == b.choice and a.budget == b.budget and a.frontier == b.frontier
+    _same_ssc_choices(full.tau, m.tau, r, z, frontier=True)
+
+
+@pytest.mark.parametrize("r,z", [(1.0, 0.0), (1.3, 0.0), (3.0, 0.0), (1.0, 1.0), (2.0, 2.0)])
+def test_ascending_tau_table_gives_the_same_choice(toy, r, z):
+    """SSC measured in increasing tau, each layer stopped two taus past its slack: at r = 1 fewer
+    cells than the exact pruning, the measured ones bit for bit, and the same choice at r and below."""
+    ann, snn, x, full = toy
+    m = S.measure(ann, snn, x, psis=None, taus=TAUS, batch_size=16, threads=1,
+                  prune=Prune("tau", r, 1.0, ascending=True))
+    exact = S.measure(ann, snn, x, psis=None, taus=TAUS, batch_size=16, threads=1, prune=Prune("tau", r, 1.0))
+    live = np.isfinite(m.tau.S)
+    assert np.array_equal(m.tau.S[live], full.tau.S[live]) and np.array_equal(m.tau.spikes[live], full.tau.spikes[live])
+    if r == 1.0 and z == 0.0:  # (a loose budget may run a round more than the exact pruning)
+        assert m.timings["cells run"] < exact.timings["cells run"]
+    _same_ssc_choices(full.tau, m.tau, r, z)
+
+
+def test_open_layers_by_hand():
+    """limit 3.0, three layers at 1.0 by default: layer 0 is past its slack at both measured
+    taus (1.6 and 1.7 > 3.0 - 0.9 - 1.0 = 1.1): closed; layer 1 has one measured tau: open;
+    layer 2's second tau (1.05) still fits: open. When layer 1's minimum falls to 0.2 the slack
+    of layer 0 grows to 1.8 and it opens again; a layer measured to the end is closed."""
+    inf = np.inf
+    S_ = np.array([[1.0, 1.6, 1.7, inf], [1.0, 0.9, inf, inf], [1.0, 1.5, 1.05, inf]])
+    measured = np.isfinite(S_)
+    assert open_layers(S_, measured, 3.0).tolist() == [False, True, True]
+    S_[1, 2], measured[1, 2] = 0.2, True
+    assert open_layers(S_, measured, 3.0).tolist() == [True, True, True]
+    measured[2] = True
+    assert open_layers(S_, measured, 3.0)[2] == False  # noqa: E712
 
 
 @pytest.mark.parametrize("ratio", [0.5, 1.0, 1.5])

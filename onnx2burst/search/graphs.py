@@ -29,16 +29,33 @@ from ..snn import read_snn
 __all__ = ["SearchGraphs", "search_session", "channel_mean", "mean_corrected"]
 
 
-def search_session(model: onnx.ModelProto, threads, kernel, arena: bool = True):
-    """A session for one of the search's many small graphs: idle threads sleep, and the memory
-    arena can be switched off so that a tail does not keep its peak for the whole search."""
+_SHARED_ARENA = False
+
+
+def _shared_arena() -> None:
+    """Register one CPU arena with onnxruntime's environment (once per process) that every search
+    session allocates from: the many tail sessions take turns, so one arena holding the largest
+    run's tensors serves them all -- faster than allocating each tensor anew, and far smaller
+    than one arena per session."""
+    global _SHARED_ARENA
+    if not _SHARED_ARENA:
+        import onnxruntime as ort
+
+        ort.create_and_register_allocator(
+            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
+        _SHARED_ARENA = True
+
+
+def search_session(model: onnx.ModelProto, threads, kernel):
+    """A session for one of the search's many small graphs: idle threads sleep, and its tensors
+    come from the process's shared arena (``_shared_arena``)."""
     import onnxruntime as ort
 
+    _shared_arena()
     so = ops.session_options(kernel=kernel, threads=threads)
     # many sessions take turns: idle pools must not spin on the cores the next one needs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # one arena per tail session would keep each one's peak memory for the whole search
-    so.enable_cpu_mem_arena = arena
+    so.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -128,7 +145,7 @@ class SearchGraphs:
             m = helper.make_model(graph, opset_imports=list(self.snn.opset_import),
                                   ir_version=self.snn.ir_version)
             m.functions.extend(self.snn.functions)
-            s = self._tails[i] = search_session(m, self.threads, self.kernel, arena=False)
+            s = self._tails[i] = search_session(m, self.threads, self.kernel)
         return s
 
     def outputs_after(self, i: int, env: Mapping[str, np.ndarray], feeds: Mapping[str, np.ndarray]) -> list:
@@ -154,7 +171,7 @@ class SearchGraphs:
             m = helper.make_model(g, opset_imports=[helper.make_opsetid("", max(ops.default_opset(self.snn), ops.MIN_OPSET))],
                                   ir_version=self.snn.ir_version)
             ops.attach_function(m)
-            s = self._cells[key] = search_session(m, self.threads, self.kernel, arena=False)
+            s = self._cells[key] = search_session(m, self.threads, self.kernel)
         return s
 
 

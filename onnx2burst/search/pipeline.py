@@ -193,7 +193,7 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
     if config.ssc:
         # the held-out budget and the per-layer guard read every cell of the table
         whole = config.ssc_folds or (config.guard is not None and config.guard.mode != "model")
-        cut = None if whole or not config.prune else Prune("tau", max(config.r, r_max or 0.0), 1.0)
+        cut = None if whole or not config.prune else Prune("tau", max(config.r, r_max or 0.0), 1.0, ascending=True)
         m = measure(ann, snn, data, psis=None, taus=config.tau_grid, prune=cut, **kw)
         measurements["ssc"] = m
         ssc_start = dict(settings)

@@ -29,7 +29,11 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["Prune", "Pruner"]
+__all__ = ["Prune", "Pruner", "open_layers", "ROUND"]
+
+#: taus per layer per round of the ascending SSC measurement, and how many consecutive taus past
+#: the slack close a layer
+ROUND = 2
 
 #: pruning margin: a budget computed in another order is met up to pareto's rtol (1e-9)
 _MARGIN = 1e-6
@@ -42,13 +46,15 @@ class Prune:
     kind: "tau" (SSC: the cost is S) or "psi" (BSR: the cost is E). factor: r, or BSR's
     energy ratio -- the largest any use of the table will ask (an r sweep: its largest r).
     reference: the candidate whose column sets the budget (tau 1.0, or the psi target).
-    energy: BSR's E, "spikes" or "synops".
+    energy: BSR's E, "spikes" or "synops". ascending (SSC): see :func:`open_layers`.
     """
 
     kind: str
     factor: float
     reference: float
     energy: str = "spikes"
+    ascending: bool = False   # SSC: measure each layer's taus in increasing order, in rounds, and
+    #                           stop a layer past its slack (``stop_layers``)
 
     def __post_init__(self):
         if self.kind not in ("psi", "tau"):
@@ -102,3 +108,31 @@ class Pruner:
         new = int((dead & ~self.dead).sum())
         self.dead |= dead
         return new
+
+
+def open_layers(S: np.ndarray, measured: np.ndarray, limit: float, confirm: int = ROUND) -> np.ndarray:
+    """SSC measured in increasing tau, in rounds: which layers go on to their next taus.
+
+    S: ``[L, K]`` the exact S of every measured candidate (defaults included), in increasing
+    tau; measured: ``[L, K]`` bool. A layer is closed once its last ``confirm`` measured taus
+    each exceed its slack
+
+        S_i(k) > limit - sum_{j != i} min_{measured k'} S_j(k')
+
+    or when nothing is left to measure. Assumed: past two consecutive taus over the slack, a
+    layer's S does not come back under it (S grows with tau: a larger threshold only drops
+    spikes). Under that assumption the skipped taus are over the slack too, so the Pareto DP
+    cannot pick them; the slack only grows as the other layers' minima fall, so a closed layer
+    opens again when it does.
+    """
+    L, K = S.shape
+    least = np.where(measured, S, np.inf).min(axis=1)
+    least = np.where(np.isfinite(least), least, 0.0)
+    slack = limit - (float(least.sum()) - least)
+    out = np.zeros(L, bool)
+    for i in range(L):
+        if measured[i].all():
+            continue
+        last = np.flatnonzero(measured[i])[-confirm:]
+        out[i] = len(last) < confirm or bool((S[i, last] <= slack[i]).any())
+    return out

@@ -29,7 +29,7 @@ from ..snn import read_snn
 from ..evaluation.sensitivity import Sensitivity, fit_sensitivity, plan_sensitivity
 from .cells import Metric, run_layer
 from .graphs import SearchGraphs
-from .prune import Prune, Pruner
+from .prune import ROUND, Prune, Pruner, open_layers
 
 __all__ = ["DEFAULT_PSI_MAX", "DEFAULT_TAUS", "VthProvider", "scaled_vth", "Table", "Measurement", "measure"]
 
@@ -265,42 +265,82 @@ def measure(ann, snn, data, *, psis: Sequence[int] | None = tuple(range(1, DEFAU
                     pr.dead[i] = np.isnan(pr.exact[i])
             pruners[prune.kind] = pr
     runner = _runner(sg, correction, metric, workers, address, timings)
-    pos = 0
     n_evals = sum(len(v) for v in plan.values())
+    ascending = "tau" in pruners and prune is not None and prune.ascending and psis is None
     t_base, ran, pruned = 0.0, 0, 0
-    try:
-        with progress.stage("sensitivity", len(batches) * (1 + n_evals)) as stage:
-            for feeds, a_logits in zip(batches, ann_logits):
-                t = time.perf_counter()
-                env = sg.run_base(feeds)
-                t_base += time.perf_counter() - t
-                k = len(a_logits[0])
-                rows = slice(pos, pos + k)
-                pos += k
-                if not pruners:
-                    base_per[rows] = metric(a_logits, [env[o] for o in sg.outputs])
-                    base_spk += [float(env[nr.spikes].sum()) for nr in neurons]
+
+    def run_pass(plan_now, stage, first: bool) -> None:
+        """Every batch once: the baseline run, then the cells of ``plan_now`` (layer -> candidates)."""
+        nonlocal t_base, ran, pruned
+        pos = 0
+        for feeds, a_logits in zip(batches, ann_logits):
+            t = time.perf_counter()
+            env = sg.run_base(feeds)
+            t_base += time.perf_counter() - t
+            k = len(a_logits[0])
+            rows = slice(pos, pos + k)
+            pos += k
+            if first and not pruners:
+                base_per[rows] = metric(a_logits, [env[o] for o in sg.outputs])
+                base_spk[:] += [float(env[nr.spikes].sum()) for nr in neurons]
+            if not ascending:
                 stage.advance(1)
-                work, skipped = [], 0
-                for i in active:
-                    todo = [c for c in plan[i] if not (c[0] in pruners and pruners[c[0]].dead[i, c[1]])]
-                    skipped += len(plan[i]) - len(todo)
-                    if todo:
-                        work.append((i, todo))
-                if skipped:
-                    stage.advance(skipped, description="sensitivity (pruned)")
-                ran += sum(len(todo) for _, todo in work)
-                pruned += skipped
-                results = runner.run(env, a_logits, work, stage.advance)
-                del env
-                for (i, todo), res in zip(work, results):
-                    for (kind, j, _, _), (kl, s) in zip(todo, res):
-                        per[kind][i, j, rows] = kl
-                        spk[kind][i, j] += s
-                        if kind in pruners:
-                            pruners[kind].add(i, j, float(kl.sum()) if kind == "tau" else s)
+            work, skipped = [], 0
+            for i in active:
+                cands = plan_now.get(i, ())
+                todo = [c for c in cands if ascending or not (c[0] in pruners and pruners[c[0]].dead[i, c[1]])]
+                skipped += len(cands) - len(todo)
+                if todo:
+                    work.append((i, todo))
+            if skipped:
+                stage.advance(skipped, description="sensitivity (pruned)")
+            ran += sum(len(todo) for _, todo in work)
+            pruned += skipped
+            results = runner.run(env, a_logits, work, stage.advance)
+            del env
+            for (i, todo), res in zip(work, results):
+                for (kind, j, _, _), (kl, s) in zip(todo, res):
+                    per[kind][i, j, rows] = kl
+                    spk[kind][i, j] += s
+                    if kind in pruners and not ascending:
+                        pruners[kind].add(i, j, float(kl.sum()) if kind == "tau" else s)
+            if not ascending:
                 for pr in pruners.values():
                     pr.update()
+
+    try:
+        if not ascending:
+            with progress.stage("sensitivity", len(batches) * (1 + n_evals)) as stage:
+                run_pass(plan, stage, True)
+        else:
+            # SSC in increasing tau, ROUND taus of every open layer per pass over the batches (prune.py)
+            pr = pruners["tau"]
+            K = len(taus)
+            measured = np.zeros((L, K), bool)
+            S_now = np.full((L, K), np.inf)
+            for i, nr in enumerate(neurons):
+                for j, c in enumerate(taus):
+                    if math.isclose(float(c), float(nr.tau), rel_tol=1e-9):
+                        measured[i, j], S_now[i, j] = True, float(base_per.mean())
+                if i not in active:
+                    measured[i] = True
+            done = {i: 0 for i in active}
+            with progress.stage("sensitivity", len(batches) * n_evals) as stage:
+                while True:
+                    go = open_layers(S_now, measured, pr.limit)
+                    now = {i: plan[i][done[i]:done[i] + ROUND] for i in active if go[i] and done[i] < len(plan[i])}
+                    if not now:
+                        break
+                    run_pass(now, stage, False)
+                    for i, cands in now.items():
+                        for _, j, _, _ in cands:
+                            measured[i, j], S_now[i, j] = True, float(per["tau"][i, j].mean())
+                        done[i] += len(cands)
+                left = sum(len(plan[i]) - done[i] for i in active)
+                if left:
+                    stage.advance(left * len(batches), description="sensitivity (past the slack)")
+                pruned += left * len(batches)
+                pr.dead = ~measured
     finally:
         runner.close()
     timings.update(baseline=t_base)
