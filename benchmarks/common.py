@@ -39,6 +39,14 @@ def int_list(spec: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {spec!r}") from None
 
 
+def float_list(spec: str) -> list[float]:
+    """``"0,0.3"`` -> ``[0.0, 0.3]`` (an argparse ``type``)."""
+    try:
+        return [float(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {spec!r}") from None
+
+
 class _Names(argparse.Action):
     """A list of names, comma- or space-separated (``--models a,b`` or ``--models a b``)."""
 
