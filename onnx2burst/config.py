@@ -303,7 +303,8 @@ class SearchConfig:
     when built). guard: SSC's decision guard, or None. workers: run the tables' cells as Ray
     tasks on a local Ray instance of this many CPUs (0: in this process); ray_address: join
     the Ray cluster there instead. prune: skip the table cells no choice within the budget
-    can hold (exact; False measures every cell, for complete tables). sensitivity: what S
+    can hold (BSR: exact; SSC: each layer's taus in increasing order, stopped two taus past its
+    slack, docs/method.md §8; False measures every cell, for complete tables). sensitivity: what S
     measures (``evaluation.sensitivity``): ``"auto"`` (the symmetric KL of class scores, the
     normalised squared error of any other output, summed over the outputs), ``"kl"``, ``"mse"``.
     """

@@ -33,7 +33,8 @@ MAX_SWEEP = 100
               help="Labelled data (.npz with labels) the r sweep is evaluated on (default: --calib).")
 @click.option("--full-tables", is_flag=True,
               help="Measure every cell of the tables (default: skip the cells no choice within the budgets, "
-                   "--r-sweep's included, can hold; search.json has null there).")
+                   "--r-sweep's included, can hold, and each layer's taus past its slack; search.json has "
+                   "null there).")
 @click.option("--json", "as_json", is_flag=True, help="Print search.json to stdout instead of tables.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def command(model, out_dir, snn_path, output, r_sweep, eval_data, full_tables, as_json, quiet, **kw):
