@@ -41,8 +41,10 @@ def _shared_arena() -> None:
     if not _SHARED_ARENA:
         import onnxruntime as ort
 
+        # grown by what is asked, not to the next power of two: the arena stays at one run's peak
         ort.create_and_register_allocator(
-            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
+            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+            ort.OrtArenaCfg({"arena_extend_strategy": 1}))
         _SHARED_ARENA = True
 
 
