@@ -95,11 +95,12 @@ def test_ctrl_c_cancels_the_tasks_and_writes_nothing(tmp_path):
     exe = Path(sys.executable).with_name("onnx2burst")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-c", "from onnx2burst.cli import main; main()"]
     p = subprocess.Popen(cmd + ["convert", str(root / "models/zoo/resnet20_fmnist.onnx"), "--calib",
-                                str(root / "models/data/fmnist_calib.npz"), "--calib-samples", "64", "--T", "4",
-                                "--ssc", "--search-samples", "64", "--workers", "2", "-o", str(out)],
+                                str(root / "models/data/fmnist_calib.npz"), "--calib-samples", "256", "--T", "4",
+                                "--ssc", "--search-samples", "256", "--workers", "2", "-o", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    # the baseline pass is done; a few seconds later Ray has started and the cells run
+    # the baseline pass is done; a few seconds later Ray has started and the cells run (on 256
+    # samples for most of a minute, so that the signal falls among them)
     rc, output = signal_when(p, "sensitivity baseline", signal.SIGINT, seconds=300, delay=12)
     assert rc != 0 and "interrupted" in output and "Traceback" not in output
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -8,8 +8,8 @@ the results up in the in-process order (batch, layer, candidate), so the tables 
 numbers as without Ray.
 
 Ray is imported here only, and this module only when workers or an address are given.
-Ctrl-C cancels the tasks in flight; a failing task is one line naming the layer, the
-candidate and the worker's error.
+Ctrl-C (or a failing task: one line naming the layer, the candidate and the worker's error)
+ends the tasks in flight by shutting the local Ray instance down, or by leaving the cluster.
 """
 from __future__ import annotations
 
@@ -96,21 +96,20 @@ class RayRunner:
                 where[ref] = (w, c)
         results = [[None] * len(todo) for _, todo in work]
         pending = list(refs)
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-                for ref in done:
-                    w, c = where[ref]
-                    i, todo = work[w]
-                    try:
-                        results[w][c] = ray.get(ref)[0]
-                    except ray.exceptions.RayError as e:
-                        self._cancel(pending)
-                        raise SearchWorkerError(self._message(i, todo[c], e)) from None
-                    advance(1, description=f"sensitivity {self.sg.neurons[i].name}")
-        except KeyboardInterrupt:
-            self._cancel(pending)
-            raise
+        # on a failure or Ctrl-C the pending tasks are not cancelled one by one (ray.cancel racing
+        # with a reply on its way trips an internal check of Ray's and the driver dies in a native
+        # stack trace): ``close`` ends the local instance, or leaves the cluster, which ends the
+        # tasks of this driver
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in done:
+                w, c = where[ref]
+                i, todo = work[w]
+                try:
+                    results[w][c] = ray.get(ref)[0]
+                except ray.exceptions.RayError as e:
+                    raise SearchWorkerError(self._message(i, todo[c], e)) from None
+                advance(1, description=f"sensitivity {self.sg.neurons[i].name}")
         return results
 
     def _message(self, i, cand, e) -> str:
@@ -122,14 +121,26 @@ class RayRunner:
             text = text[:300] + "..."
         return f"search worker failed on layer {self.sg.neurons[i].name} ({kind} candidate, psi {psi}): {text}"
 
-    def _cancel(self, pending):
-        for ref in pending:
-            try:
-                self.ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - a task that finished meanwhile cannot be cancelled
-                pass
-
     def close(self):
         if self.started:
-            self.ray.shutdown()
             self.started = False
+            _deferring_sigint(self.ray.shutdown)
+
+
+def _deferring_sigint(fn) -> None:
+    """``fn()`` with Ctrl-C held back until it returns (then raised): stopping Ray half way leaves
+    its processes behind and can end the driver in a native stack trace."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        fn()
+        return
+    got = []
+    old = signal.signal(signal.SIGINT, lambda *_: got.append(True))
+    try:
+        fn()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if got:
+        raise KeyboardInterrupt
