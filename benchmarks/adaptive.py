@@ -143,6 +143,16 @@ def _plot(results: list[dict], path) -> None:
     _save(fig, path)
 
 
+def _steps_top1(d: dict, T: int) -> str:
+    """The cells mean timesteps | top-1 adaptive | top-1 all T | difference (SE) of one result."""
+    return (f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / T:.2f} T) | {d['top1']:.2f} % | "
+            f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f})")
+
+
+def _ms(d: dict) -> str:
+    return f"{d['ms_adaptive_batch1']:.2f} vs {d['ms_snn_batch1']:.2f} (x{d['time_ratio']:.2f})"
+
+
 def _table(results: list[dict], args) -> str:
     lines = [
         "# Adaptive timesteps: stop each input once its answer is clear",
@@ -160,12 +170,10 @@ def _table(results: list[dict], args) -> str:
         for kind, d in r["rules"].items():
             rule = d["rule"]
             lines.append(
-                f"| {r['model']} | {r['T']} | {kind} ({rule['c']:.4g}, {rule['t_min']}) | "
-                f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / r['T']:.2f} T) | {d['top1']:.2f} % | "
-                f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f}) | "
+                f"| {r['model']} | {r['T']} | {kind} ({rule['c']:.4g}, {rule['t_min']}) | {_steps_top1(d, r['T'])} | "
                 f"{d['agreement']:.2f} % vs {d['agreement_full_T']:.2f} % | {d['spikes'] / 1e3:.1f} k vs "
                 f"{d['spikes_full_T'] / 1e3:.1f} k | {d['energy_pj'] / 1e6:.1f} vs {d['energy_full_T_pj'] / 1e6:.1f} uJ | "
-                f"{d['ms_adaptive_batch1']:.2f} vs {d['ms_snn_batch1']:.2f} (x{d['time_ratio']:.2f}) |")
+                f"{_ms(d)} |")
     n2 = results[0]["samples"] - results[0]["samples"] // 2
     lines += ["", f"The same rules with c and t_min chosen on the first {results[0]['samples'] // 2} test images "
               "instead (data the model was not trained on, as validation images would be: `convert --adaptive "
@@ -180,10 +188,8 @@ def _table(results: list[dict], args) -> str:
                 rule = d["rule"]
                 lines.append(
                     f"| {r['model']} | {r['T']} | {tol} | {kind} ({rule['c']:.4g}, {rule['t_min']}) | "
-                    f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / r['T']:.2f} T) | {d['top1']:.2f} % | "
-                    f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f}) | "
-                    f"{d['spikes'] / 1e3:.1f} k vs {d['spikes_full_T'] / 1e3:.1f} k | "
-                    f"{d['ms_adaptive_batch1']:.2f} vs {d['ms_snn_batch1']:.2f} (x{d['time_ratio']:.2f}) |")
+                    f"{_steps_top1(d, r['T'])} | {d['spikes'] / 1e3:.1f} k vs {d['spikes_full_T'] / 1e3:.1f} k | "
+                    f"{_ms(d)} |")
     lines += ["", f"Cross-fitted over all {results[0]['samples']} test images: each half measured under the rule "
               "chosen on the other half (rules: chosen on the first half | on the second):", "",
               "| model | T | --exit-tol | rule | (c, t_min) per half | mean timesteps | top-1 adaptive | top-1 all T | "
@@ -194,9 +200,7 @@ def _table(results: list[dict], args) -> str:
                 d = h["cross"]
                 folds = " \\| ".join(f"{f['c']:.4g}, {f['t_min']}" for f in d["rule"]["folds"])
                 lines.append(
-                    f"| {r['model']} | {r['T']} | {tol} | {kind} | {folds} | "
-                    f"{d['mean_timesteps']:.2f} ({d['mean_timesteps'] / r['T']:.2f} T) | {d['top1']:.2f} % | "
-                    f"{d['top1_full_T']:.2f} % | {d['top1'] - d['top1_full_T']:+.2f} ({d['top1_drop_se']:.2f}) |")
+                    f"| {r['model']} | {r['T']} | {tol} | {kind} | {folds} | {_steps_top1(d, r['T'])} |")
     lines += ["", "Distribution of the exit steps (samples per step, confidence rule):", ""]
     for r in results:
         h = r["rules"]["confidence"]["timesteps"]

@@ -161,9 +161,10 @@ class CalibrationConfig:
     seed: the subset choice. threads: onnxruntime intra-op threads (None: its default).
     kernel: use the C++ BurstIF kernel (None: when available). cache_mb: memory the bias
     calibration may use to keep spike maps between layers in memory (beyond it they go to a
-    temporary folder on disk; 0 disables the cache; results are the same, only slower). max_memory: the memory budget, bytes or a size such as ``"8G"``
-    (``--max-memory``): the batch size is chosen to fit it, and a plan that needs more even at
-    batch 1 (or at the batch given) is refused (``ResourceLimitError``) before anything runs.
+    temporary folder on disk; 0 disables the cache; results are the same, only slower).
+    max_memory: the memory budget, bytes or a size such as ``"8G"`` (``--max-memory``): the
+    batch size is chosen to fit it, and a plan that needs more even at batch 1 (or at the
+    batch given) is refused (``ResourceLimitError``) before anything runs.
     None: the smaller of 4 GiB and a quarter of the memory available chooses the batch, and
     only a plan above the memory available is refused (``onnx2burst.limits``).
     """

@@ -54,7 +54,7 @@ class Prune:
     reference: float
     energy: str = "spikes"
     ascending: bool = False   # SSC: measure each layer's taus in increasing order, in rounds, and
-    #                           stop a layer past its slack (``stop_layers``)
+    #                           stop a layer past its slack (``open_layers``)
 
     def __post_init__(self):
         if self.kind not in ("psi", "tau"):

@@ -107,20 +107,20 @@ class _Cache:
 
     def add(self, counts: np.ndarray) -> None:
         self.nbytes += counts.nbytes
+        self.batches.append(self._stored(len(self.batches), counts))
+
+    def _stored(self, k: int, counts: np.ndarray) -> np.ndarray | Path:
         if self.folder is None:
-            self.batches.append(counts)
-        else:
-            path = self.folder / f"{len(self.batches)}.npy"
-            np.save(path, counts)
-            self.batches.append(path)
+            return counts
+        path = self.folder / f"{k}.npy"
+        np.save(path, counts)
+        return path
 
     def spill(self, folder: Path) -> None:
         """Move the batches held in memory to ``folder`` and write every later one there."""
         folder.mkdir(parents=True, exist_ok=False)
-        self.folder, held, self.batches = folder, self.batches, []
-        for c in held:
-            self.add(c)
-            self.nbytes -= c.nbytes
+        self.folder = folder
+        self.batches = [self._stored(k, c) for k, c in enumerate(self.batches)]
 
     def feeds(self):
         for c in self.batches:
@@ -233,8 +233,6 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
                     if cache is not None:
                         cache.drop()
                     cache = new
-        if cache is not None:
-            cache.drop()
     return result
 
 
