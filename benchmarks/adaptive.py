@@ -8,7 +8,9 @@ error of the paired difference against all T steps), agreement with the ANN, spi
 per sample over the steps run; then the wall time per sample at batch 1 of
 ``StreamSession.run_adaptive`` against the batch SNN (the C++ kernel when built) running all T
 steps, measured back to back on the same samples (the streaming session runs each ReLU neuron's
-step as the kernel's BurstIFStep when the kernel is built). A second table chooses each rule on the
+step as the kernel's BurstIFStep when the kernel is built, in the blocked layout, and the first
+t_min steps in one call; both sessions' pool threads spin during a run and stop at its end, so
+that neither takes the cores from the other's next run). A second table chooses each rule on the
 first half of the test images (held out from training, as validation images passed to
 ``convert --exit-data`` would be), at each ``--held-out-tol`` (``--exit-tol``: by default 0 and
 0.3 points of agreement with the ANN), and measures it on the second half, with its wall
@@ -37,7 +39,7 @@ def _timing(snn, stream, rule, x, samples: int, threads: int | None):
     """Mean ms per sample at batch 1 of the batch SNN and of run_adaptive, each sample run by both back to
     back three times (the median of the three counts, so that a burst of load does not), and the ratio of
     the totals."""
-    batch = common.session(snn, threads)
+    batch = common.session(snn, threads, spinning="run")  # as StreamSession: spin in a run, stop at its end
     name = snn.graph.input[0].name
     feeds = [{name: x[i:i + 1]} for i in range(samples)]
     state = {"i": 0}
@@ -160,6 +162,7 @@ def _table(results: list[dict], args) -> str:
         f"`python benchmarks/adaptive.py` ({common.machine()}, {results[0]['samples']} Fashion-MNIST test images, "
         f"psi = 4, the bundled 512 calibration samples choose c and t_min with tolerance 0; "
         f"wall time on the first {args.time_samples} images at batch 1, threads {args.threads or 'default'}, "
+        "pool threads spinning during a run and stopping at its end, "
         "each image run by both back to back three times, the median of the three; mean per image). Method: [docs/stream.md](../../docs/stream.md).",
         "",
         "| model | T | rule (c, t_min) | mean timesteps | top-1 adaptive | top-1 all T | difference (SE) | "

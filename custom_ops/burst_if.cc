@@ -436,8 +436,8 @@ OrtStatusPtr MakeKernel(const OrtApi& api, const OrtKernelInfo* info, void** op_
         return Fail(name, "attribute alpha must hold finite values >= 0, got " + std::to_string(a));
     if (std::none_of(alpha.begin(), alpha.end(), [](float a) { return a > 0.f; })) alpha.clear();
   }
-  if (step && (block != 1 || once != 0 || !alpha.empty()))
-    return Fail(name, "BurstIFStep takes no channel_block, time_broadcast or alpha (the ReLU neuron's step only)");
+  if (step && (once != 0 || !alpha.empty()))
+    return Fail(name, "BurstIFStep takes no time_broadcast or alpha (the ReLU neuron's step only)");
   *op_kernel = new BurstIFKernel(T, psi, tau, block, once == 1, name, std::move(alpha), step);
   return nullptr;
 }
@@ -523,7 +523,9 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
                              " channels, not a multiple of channel_block=" + std::to_string(block_));
     int64_t K = 1;
     for (size_t i = 2; i < shape.size(); ++i) K *= shape[i];
-    const int64_t N = step_ ? shape[0] : yshape[0] / T_;
+    int64_t N = yshape[0] / T_;
+    int64_t steps = T_;  // the steps this call runs: all T, or BurstIFStep's k
+    std::vector<int64_t> ushape;
     const float* addend = nullptr;
     const float* u_prev = nullptr;
     if (step_) {
@@ -532,9 +534,14 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       auto uinfo = U.GetTensorTypeAndShapeInfo();
       if (uinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
         return Fail(name_, "the membrane U must be a float32 tensor");
-      if (uinfo.GetShape() != shape)
-        return Fail(name_, "the membrane U has shape " + ShapeStr(uinfo.GetShape()) + ", X has " + ShapeStr(shape) +
-                               " (they must be equal)");
+      ushape = uinfo.GetShape();
+      // X holds k >= 1 consecutive steps [k*N, C, ...] (time-major) of U's N samples
+      const bool same_tail = ushape.size() == shape.size() && std::equal(shape.begin() + 1, shape.end(), ushape.begin() + 1);
+      if (!same_tail || (ushape[0] == 0 ? shape[0] != 0 : shape[0] % ushape[0] != 0))
+        return Fail(name_, "the membrane U has shape " + ShapeStr(ushape) + ", X has " + ShapeStr(shape) +
+                               " (X must hold k >= 1 steps of U's samples: [k*N, ...] against [N, ...])");
+      N = ushape[0];
+      steps = N == 0 ? 1 : shape[0] / N;
       u_prev = U.GetTensorData<float>();
     } else if (ctx.GetInputCount() > 2) {
       Ort::ConstValue R = ctx.GetInput(2);
@@ -557,7 +564,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     }
     float* u_next = nullptr;
     if (step_) {
-      Ort::UnownedValue Un = ctx.GetOutput(2, shape);
+      Ort::UnownedValue Un = ctx.GetOutput(2, ushape);
       if (!Un) return Fail(name_, "output U_next is required");
       u_next = Un.GetTensorMutableData<float>();
     }
@@ -574,7 +581,7 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
     job.theta = prm->theta.data();
     job.offset = prm->offset.data();
     job.psi_c = prm->psi_c.data();
-    job.T = step_ ? 1 : T_;  // the step: one pass; the offset keeps the SNN's T (GetParams)
+    job.T = steps;  // a BurstIFStep runs its k steps; the offset keeps the SNN's T (GetParams)
     job.u_prev = u_prev;
     job.u_next = u_next;
     job.N = N;

@@ -13,9 +13,12 @@
 //
 // BurstIFStep: one timestep of the ReLU neuron, the membrane carried by the caller (streaming
 // models; session-only, never in files). Inputs X [N, C, ...], vth as above, U (X's shape: the
-// membrane before the step). Outputs Y (X's shape), spikes [N], U_next (X's shape). Attributes
-// T (the SNN's, it sets the offset theta / (2T)), psi, tau as BurstIF's. T steps from U = 0 give
-// BurstIF's Y and spikes bit for bit.
+// membrane before the step). Outputs Y (X's shape), spikes [N], U_next (U's shape). X may also
+// hold k consecutive steps [k*N, C, ...] (time-major) of U's N samples: the k steps in one call,
+// spikes summed over them, U_next after the last (what k calls of one step give). Attributes
+// T (the SNN's, it sets the offset theta / (2T)), psi, tau as BurstIF's, and channel_block (X, U
+// and U_next all in the blocked layout: StreamSession keeps such membranes blocked between steps).
+// T steps from U = 0 give BurstIF's Y and spikes bit for bit.
 #pragma once
 
 #define ORT_API_MANUAL_INIT

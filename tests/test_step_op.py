@@ -48,14 +48,16 @@ def test_t_steps_are_the_batch_neuron(T, psi, tau, rank, N, C, K, scale, seed):
 
 
 @functools.lru_cache(maxsize=None)
-def _step_session(T, psi, tau, rank, threads=None):
+def _step_session(T, psi, tau, rank, threads=None, block=1):
     dims = ["N", "C"] + [f"d{j}" for j in range(2, rank)]
+    xdims = ["kN"] + dims[1:]  # X may hold k steps of U's N samples
     vi = helper.make_tensor_value_info
+    extra = {"channel_block": block} if block > 1 else {}
     node = helper.make_node(STEP_OP_TYPE, ["X", "vth", "U"], ["Y", "S", "U_next"], domain=DOMAIN, name="step0",
-                            T=T, psi=psi, tau=tau)
-    g = helper.make_graph([node], "step", [vi("X", TensorProto.FLOAT, dims), vi("vth", TensorProto.FLOAT, ["C"]),
+                            T=T, psi=psi, tau=tau, **extra)
+    g = helper.make_graph([node], "step", [vi("X", TensorProto.FLOAT, xdims), vi("vth", TensorProto.FLOAT, ["C"]),
                                            vi("U", TensorProto.FLOAT, dims)],
-                          [vi("Y", TensorProto.FLOAT, dims), vi("S", TensorProto.FLOAT, ["N"]),
+                          [vi("Y", TensorProto.FLOAT, xdims), vi("S", TensorProto.FLOAT, ["N"]),
                            vi("U_next", TensorProto.FLOAT, dims)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     return ops.make_session(m, kernel=True, threads=threads, layout="plain")
@@ -78,11 +80,55 @@ def test_the_kernel_step_is_the_reference_step(T, psi, tau, rank, N, C, K, scale
 
 
 @needs_kernel
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(**_CASES, k=st.integers(1, 5), block=st.sampled_from([1, 4, 8, 16]), threads=st.sampled_from([1, 2]))
+def test_k_steps_in_one_call_are_k_reference_steps(T, psi, tau, rank, N, C, K, scale, seed, k, block, threads):
+    """X of k steps [k*N, ...] against U [N, ...]: Y of each step, the spikes summed, U after the
+    last, bit for bit as k single steps; also in the blocked NCHWc layout (X, U and U_next
+    blocked, channels a multiple of the block)."""
+    from onnx2burst.ops.layout import from_blocked, to_blocked
+
+    if block > 1:
+        rank, C = max(rank, 3), block * (1 + C % 2)
+    x, vth = _case(k, rank, N, C, K, scale, seed)
+    rng = np.random.default_rng(seed + 1)
+    u0 = (rng.normal(size=x[:N].shape) * scale).astype(np.float32)
+    u, ys, total = u0, [], np.zeros(N, np.float32)
+    for t in range(k):
+        yt, s, u = burst_if_step(x[t * N:(t + 1) * N], u, vth, T, psi, tau)
+        ys.append(yt)
+        total += s
+    if block > 1:
+        xb = np.concatenate([to_blocked(x[t * N:(t + 1) * N], block) for t in range(k)])
+        y, spikes, u_next = _step_session(T, psi, tau, rank, threads, block).run(
+            None, {"X": xb, "vth": vth, "U": to_blocked(u0, block)})
+        y = np.concatenate([from_blocked(y[t * N:(t + 1) * N], block) for t in range(k)])
+        u_next = from_blocked(u_next, block)
+    else:
+        y, spikes, u_next = _step_session(T, psi, tau, rank, threads).run(None, {"X": x, "vth": vth, "U": u0})
+    assert_same(y, np.concatenate(ys), "Y")
+    assert_same(spikes, total, "spikes")
+    assert_same(u_next, u, "U_next")
+
+
+def test_blocked_layout_round_trip():
+    from onnx2burst.ops.layout import from_blocked, to_blocked
+
+    a = np.arange(2 * 16 * 3 * 5, dtype=np.float32).reshape(2, 16, 3, 5)
+    b = to_blocked(a, 8)
+    # channel c of position k of sample n at ((c // 8) * K + k) * 8 + c % 8
+    assert b.reshape(2, -1)[1, ((9 // 8) * 15 + 7) * 8 + 9 % 8] == a[1, 9].reshape(-1)[7]
+    assert np.array_equal(from_blocked(b, 8), a)
+
+
+@needs_kernel
 def test_bad_step_inputs_name_the_node():
     sess = _step_session(4, 2, 1.0, 4)
     x = np.zeros((2, 3, 4, 4), np.float32)
     with pytest.raises(Exception, match="step0.*membrane U has shape"):
         sess.run(None, {"X": x, "vth": np.ones(3, np.float32), "U": np.zeros((2, 3, 4, 5), np.float32)})
+    with pytest.raises(Exception, match=r"step0.*membrane U has shape \[3, 3, 4, 4\].*k >= 1 steps"):
+        sess.run(None, {"X": x, "vth": np.ones(3, np.float32), "U": np.zeros((3, 3, 4, 4), np.float32)})
     with pytest.raises(Exception, match="step0.*vth has 2 values"):
         sess.run(None, {"X": x, "vth": np.ones(2, np.float32), "U": x})
     node = helper.make_node(STEP_OP_TYPE, ["X", "vth", "U"], ["Y", "S", "U_next"], domain=DOMAIN, name="signed0",
@@ -92,5 +138,5 @@ def test_bad_step_inputs_name_the_node():
                                            vi("U", TensorProto.FLOAT, None)],
                           [vi(n, TensorProto.FLOAT, None) for n in ("Y", "S", "U_next")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
-    with pytest.raises(Exception, match="signed0.*no channel_block, time_broadcast or alpha"):
+    with pytest.raises(Exception, match="signed0.*no time_broadcast or alpha"):
         ops.make_session(m, kernel=True, layout="plain").run(None, {"X": x, "vth": np.ones(3, np.float32), "U": x})

@@ -271,3 +271,52 @@ def test_export_torch_of_a_streaming_model_is_its_step(converted, tmp_path):
         state = {st["in"]: out[st["out"]] for st in s.info["states"]}
         s.step({"x": x})
     np.testing.assert_allclose(out[s.output_names[0]].numpy(), s.prediction()[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+def test_blocked_and_k_step_sessions_give_the_plain_session_bits():
+    """16 channels: every step runs in the NCHWc layout, the membranes carried blocked, yet
+    get_state/set_state speak plain NCHW; run_adaptive's first t_min steps run in one call of
+    the k-step session: the same exits, outputs and spikes as stepping one by one."""
+    ann = fm.residual(c=16)
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=6, psi=2)
+    stream = export_stream(snn)
+    fast, plain = StreamSession(stream), StreamSession(stream, layout="plain")
+    assert fast.blocked == fast.fused == sum(n.op_type == "BurstIF" for n in snn.graph.node) and plain.blocked == 0
+    x = fm.inputs(snn, 5, seed=4)
+    fast.reset(len(x)), plain.reset(len(x))
+    for _ in range(3):
+        assert all(np.array_equal(a, b) for a, b in zip(fast.step({"x": x}), plain.step({"x": x})))
+    got, want = fast.get_state(), plain.get_state()
+    assert all(np.array_equal(got.arrays[k], want.arrays[k]) for k in want.arrays)
+    assert any(v.ndim == 4 and np.any(v != 0) for v in want.arrays.values())
+    fast.set_state(want)  # a plain state goes in blocked and steps on identically
+    for _ in range(2):
+        a, b = fast.step({"x": x}), plain.step({"x": x})
+    assert all(np.array_equal(p, q) for p, q in zip(a + fast.prediction(), b + plain.prediction()))
+
+    plain.reset(len(x))
+    preds, own, spikes = [], [], []
+    for _ in range(6):
+        own.append(plain.step({"x": x})[0])
+        preds.append(plain.prediction()[0])
+        spikes.append(plain.step_spikes())
+    sc = np.stack([scores(p, plain.heads[0], "margin", o) for p, o in zip(preds, own)])
+    c = float(np.quantile(sc[3], 0.5))
+    want = exit_steps(sc, c, 3)
+    assert len(set(want.tolist())) > 1
+    for s in (fast, plain):
+        run = s.run_adaptive({"x": x}, rule=ExitRule(c, t_min=3, kind="margin"))
+        assert s._chunk(3) is not None  # the first 3 steps ran in one call
+        assert np.array_equal(run.exit_steps, want)
+        assert np.array_equal(run.outputs[0], np.stack(preds)[want - 1, np.arange(len(x))])
+        cum = np.cumsum(np.stack(spikes), axis=0)
+        assert np.array_equal(run.spikes, cum[want - 1, :, np.arange(len(x))].T)
+
+
+@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+def test_a_lateral_pool_keeps_one_step_per_call():
+    ann = fm.maxpool_net(softmax=True)
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=5, psi=2, maxpool="lateral")
+    s = StreamSession(export_stream(snn))
+    assert s._chunk(2) is None  # its running sums are not carried over several steps in one call

@@ -34,8 +34,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..graph.index import attr as _attr
+from .schema import DOMAIN, STEP_OP_TYPE
 
-__all__ = ["blocked_session", "rewrite_blocked", "nchwc_block_size"]
+__all__ = ["blocked_session", "blocked_stream_session", "rewrite_blocked", "nchwc_block_size", "blocked_states",
+           "to_blocked", "from_blocked"]
 
 log = logging.getLogger(__name__)
 NCHWC_DOMAIN = "com.microsoft.nchwc"
@@ -60,7 +62,7 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     operations in the same order, one pass over the activation fewer.
     Returns (the rewritten copy, how many BurstIF nodes now run blocked).
     """
-    from ..snn import read_snn  # the SNN reader builds on this package's schema: imported when used
+    from ..snn import METADATA_PREFIX, read_snn  # the SNN reader builds on this package's schema: imported when used
 
     g = model.graph
     uses: dict[str, int] = defaultdict(int)
@@ -84,9 +86,26 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     def twin(name):
         return blocked.get(name)
 
-    neurons = {nr.index: nr for nr in read_snn(model, require=False).neurons}
+    streaming = any(p.key == METADATA_PREFIX + "stream" for p in model.metadata_props)
+    neurons = {} if streaming else {nr.index: nr for nr in read_snn(model, require=False).neurons}
+    graph_inputs = {i.name for i in g.input}
     for index, n in enumerate(g.node):
         ins = [alias.get(i, i) for i in n.input]
+        if _movable_step(n, ins, twin, uses, graph_inputs, graph_outputs):
+            # a streaming neuron's step: its membrane, a model input and output of its own, is
+            # carried in the blocked layout between runs (the caller converts at its edges)
+            xb, C = twin(ins[0])
+            m = onnx.NodeProto()
+            m.CopyFrom(n)
+            del m.input[:]
+            m.input.extend([xb] + ins[1:])
+            m.output[0] = n.output[0] + "_nchwc"
+            m.attribute.append(helper.make_attribute("channel_block", int(block)))
+            new_nodes.append(m)
+            blocked[n.output[0]] = (m.output[0], C)
+            replaced[n.output[0]] = C
+            moved += 1
+            continue
         if n.domain == NCHWC_DOMAIN and n.op_type == "ReorderOutput" and not _attr(n, "channels_last", 0):
             C = int(_attr(n, "channels", 0))
             if C and C % block == 0:
@@ -169,6 +188,44 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     return res, moved
 
 
+def _movable_step(n, ins, twin, uses, graph_inputs, graph_outputs) -> bool:
+    """Whether the BurstIFStep ``n`` can run blocked: its input in the blocked layout, its membrane
+    a model input that only it reads, its next membrane a model output."""
+    return (n.domain == DOMAIN and n.op_type == STEP_OP_TYPE and len(ins) == 3 and len(n.output) == 3
+            and twin(ins[0]) is not None and ins[2] in graph_inputs and uses[ins[2]] == 1
+            and n.output[2] in graph_outputs)
+
+
+def blocked_states(model: onnx.ModelProto) -> dict[str, tuple[str, int]]:
+    """The membranes a rewritten streaming graph carries blocked: ``{input: (output, block)}`` of
+    every BurstIFStep with ``channel_block``."""
+    out = {}
+    for n in model.graph.node:
+        if n.domain == DOMAIN and n.op_type == STEP_OP_TYPE:
+            b = int(_attr(n, "channel_block", 1))
+            if b > 1:
+                out[n.input[2]] = (n.output[2], b)
+    return out
+
+
+def to_blocked(a: np.ndarray, block: int) -> np.ndarray:
+    """``a`` ([N, C, ...], plain NCHW) laid out as onnxruntime's NCHWc with channel block
+    ``block`` (C a multiple of it), in an array of the same shape: channel c of position k of a
+    sample at ``((c // block) * K + k) * block + c % block``."""
+    a = np.asarray(a)
+    N, C = a.shape[:2]
+    K = int(np.prod(a.shape[2:], dtype=np.int64))
+    return np.ascontiguousarray(a.reshape(N, C // block, block, K).transpose(0, 1, 3, 2)).reshape(a.shape)
+
+
+def from_blocked(a: np.ndarray, block: int) -> np.ndarray:
+    """The inverse of :func:`to_blocked`."""
+    a = np.asarray(a)
+    N, C = a.shape[:2]
+    K = int(np.prod(a.shape[2:], dtype=np.int64))
+    return np.ascontiguousarray(a.reshape(N, C // block, K, block).transpose(0, 1, 3, 2)).reshape(a.shape)
+
+
 def _probe_feeds(sess, batch: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -179,12 +236,34 @@ def _probe_feeds(sess, batch: int, seed: int = 0):
 
 
 def blocked_session(model, *, threads: int | None = None, providers=None, probe_batch: int = 2,
-                    spinning: bool = True):
+                    spinning: "bool | str" = True):
     """An InferenceSession for the SNN ``model`` with its neurons in the NCHWc layout.
 
     Returns ``(session, moved)``: ``moved`` BurstIF nodes run blocked; 0 means the ordinary
     session came back (nothing to move, or the probe disagreed, which is logged).
     """
+    sess, moved, _ = _blocked(model, threads=threads, providers=providers, probe_batch=probe_batch,
+                              spinning=spinning)
+    return sess, moved
+
+
+def blocked_stream_session(model, *, threads: int | None = None, spinning: "bool | str" = True, probe=None):
+    """A CPU session for a streaming model (its ReLU steps fused into BurstIFStep nodes) whose
+    steps run in the NCHWc layout, their membranes carried blocked between runs.
+
+    Returns ``(session, states)``: ``states`` as :func:`blocked_states`, the membrane inputs the
+    caller feeds (and gets back) in the blocked layout (:func:`to_blocked`); empty when the
+    ordinary session came back. probe: the feeds (plain layout) to check the rewrite on
+    (default: random ones at batch 2).
+    """
+    sess, _, states = _blocked(model, threads=threads, providers=None, probe_batch=2, spinning=spinning,
+                               feeds=probe)
+    return sess, states
+
+
+def _blocked(model, *, threads, providers, probe_batch, spinning, feeds=None):
+    """(session, neurons moved, blocked membranes): the rewritten session if it passes the probe,
+    else the ordinary one (0, {})."""
     import onnxruntime as ort
 
     from .library import session_options
@@ -197,21 +276,26 @@ def blocked_session(model, *, threads: int | None = None, providers=None, probe_
         so.log_severity_level = 3  # the "hardware specific" warning: we never save it
         plain = ort.InferenceSession(data, so, providers=providers)
         optimized = onnx.load(so.optimized_model_filepath)
-    feeds = None
     for fuse in (True, False):  # with the Add/Tile fusions; if the probe disagrees, without
         rewritten, moved = rewrite_blocked(optimized, nchwc_block_size(), fuse=fuse)
         if not moved:
-            return plain, 0
+            return plain, 0, {}
+        states = blocked_states(rewritten)
         so = session_options(kernel=True, threads=threads, optimization="disable", spinning=spinning)
         so.log_severity_level = 4  # a failed probe is handled here; onnxruntime need not print it
         try:
             fast = ort.InferenceSession(rewritten.SerializeToString(), so, providers=providers)
             feeds = feeds or _probe_feeds(plain, probe_batch)
-            want, got = plain.run(None, feeds), fast.run(None, feeds)
+            # blocked membranes go in blocked and come back blocked: compared in the plain layout
+            fast_feeds = {k: to_blocked(v, states[k][1]) if k in states else v for k, v in feeds.items()}
+            back = {o: b for o, b in states.values()}
+            want = plain.run(None, feeds)
+            got = [from_blocked(v, back[o.name]) if o.name in back else v
+                   for o, v in zip(fast.get_outputs(), fast.run(None, fast_feeds))]
             if all(np.array_equal(a, b, equal_nan=True) for a, b in zip(want, got)):
-                return fast, moved
+                return fast, moved, states
             log.info("NCHWc rewrite (fuse=%s) not used: its outputs differ from the ordinary session's on the probe",
                      fuse)
         except Exception as e:  # noqa: BLE001 - any trouble: the ordinary session is correct
             log.info("NCHWc rewrite (fuse=%s) not used: %s", fuse, e)
-    return plain, 0
+    return plain, 0, {}

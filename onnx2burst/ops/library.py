@@ -70,7 +70,8 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     fallback runs), None = register it when available. threads: intra-op threads (None: ORT's
     default; more than the cores available: capped, with a ``ResourceWarning``). optimization: an ``onnxruntime.GraphOptimizationLevel`` or its name
     ("disable", "basic", "extended", "all"). spinning=False: idle intra-op threads sleep
-    instead of spinning (for benchmarks that interleave several sessions on few cores).
+    instead of spinning (for benchmarks that interleave several sessions on few cores);
+    "run": they spin during a run and stop at its end (sessions that take turns).
     arena=False: no CPU memory arena (each tensor freed when done): a process that makes many
     sessions one after the other (calibration) keeps its peak at one run's, not the arenas'.
     """
@@ -94,6 +95,8 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
         so.graph_optimization_level = optimization
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    elif spinning == "run":
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.enable_cpu_mem_arena = bool(arena)
     if kernel is None:
         kernel = kernel_available()

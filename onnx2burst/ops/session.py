@@ -12,7 +12,7 @@ __all__ = ["make_session"]
 
 
 def make_session(model, *, kernel: bool | None = None, threads: int | None = None,
-                 optimization=None, providers=None, layout: str = "auto", spinning: bool = True,
+                 optimization=None, providers=None, layout: str = "auto", spinning: "bool | str" = True,
                  arena: bool = True):
     """An onnxruntime.InferenceSession for ``model`` (ModelProto, bytes or path), kernel per ``kernel``.
 

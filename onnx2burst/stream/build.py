@@ -34,7 +34,7 @@ from ..ops.schema import DOMAIN
 from ..rewrite.rewriter import LATERAL_TAG
 from ..snn import METADATA_PREFIX, read_snn
 
-__all__ = ["build_stream", "fuse_steps", "stream_info", "STREAM_KEY", "STEPS_STATE", "SHARED_KINDS"]
+__all__ = ["build_stream", "fuse_steps", "chunk_steps", "stream_info", "STREAM_KEY", "STEPS_STATE", "SHARED_KINDS"]
 
 STREAM_KEY = METADATA_PREFIX + "stream"
 STEPS_STATE = "steps"
@@ -389,6 +389,57 @@ def fuse_steps(model: onnx.ModelProto, info: dict) -> tuple[onnx.ModelProto, int
         m.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     GraphIndex(g).prune()
     return m, len(put)
+
+
+#: the states a run of several steps in one call can carry (``chunk_steps``)
+_CHUNK_KINDS = ("membrane", "output_sum", "steps")
+
+
+def chunk_steps(fused: onnx.ModelProto, info: dict, k: int) -> onnx.ModelProto | None:
+    """``fused`` (a streaming model after ``fuse_steps``) rewritten to run ``k`` steps per call:
+    each input fed ``[k*N, ...]`` (the k steps' inputs, time-major), each ``BurstIFStep`` running
+    the k steps from its membrane ``[N, ...]`` (the kernel's k-step form), each output's sum
+    adding the k steps one after the other (the order k single steps add them: the same bits),
+    the step count advancing by k; a step output ``<name>.step`` holds the k steps' rows.
+    Session-only, like ``fuse_steps``. None when a state cannot be carried this way (a lateral
+    pool's running sum, a signed neuron, a neuron step of standard ops)."""
+    from ..graph import default_opset
+    from ..ops.schema import STEP_OP_TYPE
+
+    if k < 2 or any(s["kind"] not in _CHUNK_KINDS for s in info["states"]):
+        return None
+    m = copy.deepcopy(fused)
+    g = m.graph
+    idx = GraphIndex(g)
+    fused_in = {n.input[2] for n in g.node if n.domain == DOMAIN and n.op_type == STEP_OP_TYPE}
+    if any(s["kind"] == "membrane" and s["in"] not in fused_in for s in info["states"]):
+        return None
+    opset = default_opset(m)
+    nodes = list(g.node)
+    for s in info["states"]:
+        if s["kind"] == "membrane":
+            continue
+        add = next((n for n in nodes if n.op_type == "Add" and s["in"] in n.input and list(n.output) == [s["out"]]),
+                   None)
+        if add is None:
+            return None
+        other = [i for i in add.input if i != s["in"]][0]
+        if s["kind"] == "steps":
+            add.input[list(add.input).index(other)] = idx.set_const(idx.fresh("k_steps"), np.array(k, np.float32))
+            continue
+        parts = [idx.fresh(f"{s['layer']}/step{t}") for t in range(k)]
+        split = helper.make_node("Split", [other], parts, name=idx.fresh(f"{s['layer']}/split_steps"), axis=0,
+                                 **({"num_outputs": k} if opset >= 18 else {}))
+        chain, acc = [split], s["in"]
+        for t, part in enumerate(parts):
+            out = s["out"] if t == k - 1 else idx.fresh(f"{s['layer']}/sum{t}")
+            chain.append(helper.make_node("Add", [acc, part], [out], name=idx.fresh(f"{s['layer']}/add_step{t}")))
+            acc = out
+        at = nodes.index(add)
+        nodes[at:at + 1] = chain
+    del g.node[:]
+    g.node.extend(nodes)
+    return m
 
 
 def stream_info(model: onnx.ModelProto) -> dict | None:
