@@ -543,8 +543,10 @@ OrtStatusPtr BurstIFKernel::ComputeV2(OrtKernelContext* context) {
       N = ushape[0];
       steps = N == 0 ? 1 : shape[0] / N;
       u_prev = U.GetTensorData<float>();
-    } else if (ctx.GetInputCount() > 2) {
-      Ort::ConstValue R = ctx.GetInput(2);
+    }
+    const size_t r_at = step_ ? 3 : 2;  // the optional addend: BurstIF's third input, BurstIFStep's fourth
+    if (ctx.GetInputCount() > r_at) {
+      Ort::ConstValue R = ctx.GetInput(r_at);
       if (R) {
         auto rinfo = R.GetTensorTypeAndShapeInfo();
         if (rinfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)

@@ -15,7 +15,8 @@
 // models; session-only, never in files). Inputs X [N, C, ...], vth as above, U (X's shape: the
 // membrane before the step). Outputs Y (X's shape), spikes [N], U_next (U's shape). X may also
 // hold k consecutive steps [k*N, C, ...] (time-major) of U's N samples: the k steps in one call,
-// spikes summed over them, U_next after the last (what k calls of one step give). Attributes
+// spikes summed over them, U_next after the last (what k calls of one step give). An optional
+// fourth input R (X's shape) is BurstIF's addend: the step integrates fl(X + R). Attributes
 // T (the SNN's, it sets the offset theta / (2T)), psi, tau as BurstIF's, and channel_block (X, U
 // and U_next all in the blocked layout: StreamSession keeps such membranes blocked between steps).
 // T steps from U = 0 give BurstIF's Y and spikes bit for bit.
@@ -85,8 +86,10 @@ struct BurstIFOp : Ort::CustomOpBase<BurstIFOp, BurstIFKernel, /*WithStatus=*/tr
 struct BurstIFStepOp : Ort::CustomOpBase<BurstIFStepOp, BurstIFKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** op_kernel) const;
   const char* GetName() const { return kStepOpType; }
-  size_t GetInputTypeCount() const { return 3; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t) const { return INPUT_OUTPUT_REQUIRED; }
+  size_t GetInputTypeCount() const { return 4; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < 3 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -48,15 +48,16 @@ def test_t_steps_are_the_batch_neuron(T, psi, tau, rank, N, C, K, scale, seed):
 
 
 @functools.lru_cache(maxsize=None)
-def _step_session(T, psi, tau, rank, threads=None, block=1):
+def _step_session(T, psi, tau, rank, threads=None, block=1, addend=False):
     dims = ["N", "C"] + [f"d{j}" for j in range(2, rank)]
     xdims = ["kN"] + dims[1:]  # X may hold k steps of U's N samples
     vi = helper.make_tensor_value_info
     extra = {"channel_block": block} if block > 1 else {}
-    node = helper.make_node(STEP_OP_TYPE, ["X", "vth", "U"], ["Y", "S", "U_next"], domain=DOMAIN, name="step0",
-                            T=T, psi=psi, tau=tau, **extra)
+    node = helper.make_node(STEP_OP_TYPE, ["X", "vth", "U"] + (["R"] if addend else []), ["Y", "S", "U_next"],
+                            domain=DOMAIN, name="step0", T=T, psi=psi, tau=tau, **extra)
     g = helper.make_graph([node], "step", [vi("X", TensorProto.FLOAT, xdims), vi("vth", TensorProto.FLOAT, ["C"]),
-                                           vi("U", TensorProto.FLOAT, dims)],
+                                           vi("U", TensorProto.FLOAT, dims)]
+                          + ([vi("R", TensorProto.FLOAT, xdims)] if addend else []),
                           [vi("Y", TensorProto.FLOAT, xdims), vi("S", TensorProto.FLOAT, ["N"]),
                            vi("U_next", TensorProto.FLOAT, dims)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
@@ -81,11 +82,13 @@ def test_the_kernel_step_is_the_reference_step(T, psi, tau, rank, N, C, K, scale
 
 @needs_kernel
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(**_CASES, k=st.integers(1, 5), block=st.sampled_from([1, 4, 8, 16]), threads=st.sampled_from([1, 2]))
-def test_k_steps_in_one_call_are_k_reference_steps(T, psi, tau, rank, N, C, K, scale, seed, k, block, threads):
+@given(**_CASES, k=st.integers(1, 5), block=st.sampled_from([1, 4, 8, 16]), threads=st.sampled_from([1, 2]),
+       addend=st.booleans())
+def test_k_steps_in_one_call_are_k_reference_steps(T, psi, tau, rank, N, C, K, scale, seed, k, block, threads,
+                                                   addend):
     """X of k steps [k*N, ...] against U [N, ...]: Y of each step, the spikes summed, U after the
     last, bit for bit as k single steps; also in the blocked NCHWc layout (X, U and U_next
-    blocked, channels a multiple of the block)."""
+    blocked, channels a multiple of the block) and with the addend R (the steps of fl(X + R))."""
     from onnx2burst.ops.layout import from_blocked, to_blocked
 
     if block > 1:
@@ -93,19 +96,23 @@ def test_k_steps_in_one_call_are_k_reference_steps(T, psi, tau, rank, N, C, K, s
     x, vth = _case(k, rank, N, C, K, scale, seed)
     rng = np.random.default_rng(seed + 1)
     u0 = (rng.normal(size=x[:N].shape) * scale).astype(np.float32)
+    r = (rng.normal(size=x.shape) * scale).astype(np.float32)
     u, ys, total = u0, [], np.zeros(N, np.float32)
     for t in range(k):
-        yt, s, u = burst_if_step(x[t * N:(t + 1) * N], u, vth, T, psi, tau)
+        xt = x[t * N:(t + 1) * N] + r[t * N:(t + 1) * N] if addend else x[t * N:(t + 1) * N]
+        yt, s, u = burst_if_step(xt, u, vth, T, psi, tau)
         ys.append(yt)
         total += s
+    sess = _step_session(T, psi, tau, rank, threads, block, addend)
     if block > 1:
-        xb = np.concatenate([to_blocked(x[t * N:(t + 1) * N], block) for t in range(k)])
-        y, spikes, u_next = _step_session(T, psi, tau, rank, threads, block).run(
-            None, {"X": xb, "vth": vth, "U": to_blocked(u0, block)})
+        def blk(a):
+            return np.concatenate([to_blocked(a[t * N:(t + 1) * N], block) for t in range(k)])
+        feeds = {"X": blk(x), "vth": vth, "U": to_blocked(u0, block), **({"R": blk(r)} if addend else {})}
+        y, spikes, u_next = sess.run(None, feeds)
         y = np.concatenate([from_blocked(y[t * N:(t + 1) * N], block) for t in range(k)])
         u_next = from_blocked(u_next, block)
     else:
-        y, spikes, u_next = _step_session(T, psi, tau, rank, threads).run(None, {"X": x, "vth": vth, "U": u0})
+        y, spikes, u_next = sess.run(None, {"X": x, "vth": vth, "U": u0, **({"R": r} if addend else {})})
     assert_same(y, np.concatenate(ys), "Y")
     assert_same(spikes, total, "spikes")
     assert_same(u_next, u, "U_next")

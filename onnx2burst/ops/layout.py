@@ -101,6 +101,12 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
             m.input.extend([xb] + ins[1:])
             m.output[0] = n.output[0] + "_nchwc"
             m.attribute.append(helper.make_attribute("channel_block", int(block)))
+            src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
+            if src is not None and src[1] == "add":  # the residual Add: the step's addend R
+                folded.add(id(src[0]))
+                m.input[0] = src[0].input[0]
+                m.input.append(src[0].input[1])
+                del blocked[ins[0]], replaced[ins[0]]
             new_nodes.append(m)
             blocked[n.output[0]] = (m.output[0], C)
             replaced[n.output[0]] = C
