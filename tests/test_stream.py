@@ -320,3 +320,34 @@ def test_a_lateral_pool_keeps_one_step_per_call():
     snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=5, psi=2, maxpool="lateral")
     s = StreamSession(export_stream(snn))
     assert s._chunk(2) is None  # its running sums are not carried over several steps in one call
+
+
+@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+@pytest.mark.parametrize("damage", ["wrong_count", "broken"])
+def test_a_k_step_session_that_fails_its_probe_is_not_used(monkeypatch, damage):
+    """A k-step graph that gives other bits than k single steps, or that onnxruntime cannot run,
+    is dropped: run_adaptive then steps one step per call, with the same result."""
+    from onnx2burst.stream import build
+
+    real = build.chunk_steps
+
+    def damaged(fused, info, k):
+        m = real(fused, info, k)
+        if damage == "wrong_count":  # the step count advances by k + 1
+            c = next(t for t in m.graph.initializer if t.name.startswith("k_steps"))
+            c.CopyFrom(onnx.numpy_helper.from_array(np.array(k + 1, np.float32), c.name))
+        else:  # a node reads a tensor nobody writes
+            m.graph.node[0].input[0] = "nowhere"
+        return m
+
+    ann = fm.residual(c=16)
+    snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=4, psi=2)
+    s = StreamSession(export_stream(snn))
+    x = fm.inputs(snn, 4, seed=4)
+    want = s.run_adaptive({"x": x}, rule=ExitRule(0.0, t_min=3))
+    monkeypatch.setattr(build, "chunk_steps", damaged)
+    s2 = StreamSession(export_stream(snn))
+    got = s2.run_adaptive({"x": x}, rule=ExitRule(0.0, t_min=3))
+    assert s._chunk(3) is not None and s2._chunk(3) is None
+    assert np.array_equal(got.exit_steps, want.exit_steps) and (got.exit_steps == 3).all()
+    assert np.array_equal(got.outputs[0], want.outputs[0]) and np.array_equal(got.spikes, want.spikes)
