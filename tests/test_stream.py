@@ -14,8 +14,9 @@ from onnx2burst.evaluation.energy import with_spike_outputs
 from onnx2burst.stream import ExitRule, StreamSession, export_stream
 from onnx2burst.stream.rule import exit_steps, scores
 from tests import fixtures_models as fm
+from test_ops import needs_kernel
 
-KERNEL = [pytest.param(True, marks=pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")), False]
+KERNEL = [pytest.param(True, marks=needs_kernel), False]
 
 
 def _global_maxpool(seed: int = 0) -> onnx.ModelProto:
@@ -273,7 +274,7 @@ def test_export_torch_of_a_streaming_model_is_its_step(converted, tmp_path):
     np.testing.assert_allclose(out[s.output_names[0]].numpy(), s.prediction()[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+@needs_kernel
 def test_blocked_and_k_step_sessions_give_the_plain_session_bits():
     """16 channels: every step runs in the NCHWc layout, the membranes carried blocked, yet
     get_state/set_state speak plain NCHW; run_adaptive's first t_min steps run in one call of
@@ -314,7 +315,7 @@ def test_blocked_and_k_step_sessions_give_the_plain_session_bits():
         assert np.array_equal(run.spikes, cum[want - 1, :, np.arange(len(x))].T)
 
 
-@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+@needs_kernel
 def test_a_lateral_pool_keeps_one_step_per_call():
     ann = fm.maxpool_net(softmax=True)
     snn = onnx2burst.convert(ann, fm.inputs(ann, 32, seed=3), T=5, psi=2, maxpool="lateral")
@@ -322,7 +323,7 @@ def test_a_lateral_pool_keeps_one_step_per_call():
     assert s._chunk(2) is None  # its running sums are not carried over several steps in one call
 
 
-@pytest.mark.skipif(not ops.kernel_available(), reason="kernel not built")
+@needs_kernel
 @pytest.mark.parametrize("damage", ["wrong_count", "broken"])
 def test_a_k_step_session_that_fails_its_probe_is_not_used(monkeypatch, damage):
     """A k-step graph that gives other bits than k single steps, or that onnxruntime cannot run,

@@ -91,27 +91,6 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
     graph_inputs = {i.name for i in g.input}
     for index, n in enumerate(g.node):
         ins = [alias.get(i, i) for i in n.input]
-        if _movable_step(n, ins, twin, uses, graph_inputs, graph_outputs):
-            # a streaming neuron's step: its membrane, a model input and output of its own, is
-            # carried in the blocked layout between runs (the caller converts at its edges)
-            xb, C = twin(ins[0])
-            m = onnx.NodeProto()
-            m.CopyFrom(n)
-            del m.input[:]
-            m.input.extend([xb] + ins[1:])
-            m.output[0] = n.output[0] + "_nchwc"
-            m.attribute.append(helper.make_attribute("channel_block", int(block)))
-            src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
-            if src is not None and src[1] == "add":  # the residual Add: the step's addend R
-                folded.add(id(src[0]))
-                m.input[0] = src[0].input[0]
-                m.input.append(src[0].input[1])
-                del blocked[ins[0]], replaced[ins[0]]
-            new_nodes.append(m)
-            blocked[n.output[0]] = (m.output[0], C)
-            replaced[n.output[0]] = C
-            moved += 1
-            continue
         if n.domain == NCHWC_DOMAIN and n.op_type == "ReorderOutput" and not _attr(n, "channels_last", 0):
             C = int(_attr(n, "channels", 0))
             if C and C % block == 0:
@@ -120,21 +99,24 @@ def rewrite_blocked(model: onnx.ModelProto, block: int, fuse: bool = True) -> tu
                 and twin(ins[0]) is not None:
             alias[n.output[0]] = twin(ins[0])[0]
             continue
-        if index in neurons and twin(ins[0]) is not None:
+        # a BurstIF, or a streaming neuron's step whose membrane (a model input and output of its
+        # own) is carried in the blocked layout between runs (the caller converts at its edges)
+        step = _movable_step(n, ins, twin, uses, graph_inputs, graph_outputs)
+        if (step or index in neurons) and twin(ins[0]) is not None:
             xb, C = twin(ins[0])
             yb = n.output[0] + "_nchwc"
             m = onnx.NodeProto()
             m.CopyFrom(n)
             del m.input[:]
-            m.input.extend([xb] + ins[1:2])
+            m.input.extend([xb] + ins[1:3 if step else 2])  # a step keeps its membrane input U
             m.output[0] = yb
             m.attribute.append(helper.make_attribute("channel_block", int(block)))
             src = fusable.get(ins[0]) if fuse and uses[ins[0]] == 1 and ins[0] not in graph_outputs else None
-            if src is not None and (src[1] == "add" or src[2] == neurons[index].T):
+            if src is not None and (src[1] == "add" or (not step and src[2] == neurons[index].T)):
                 folded.add(id(src[0]))  # the kernel does its work
                 if src[1] == "add":
                     m.input[0] = src[0].input[0]
-                    m.input.append(src[0].input[1])  # R: the neuron integrates fl(X + R)
+                    m.input.append(src[0].input[1])  # R (after a step's U): the neuron integrates fl(X + R)
                 else:
                     m.input[0] = src[0].input[0]  # one step, fed at every t
                     m.attribute.append(helper.make_attribute("time_broadcast", 1))

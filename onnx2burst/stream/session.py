@@ -113,7 +113,8 @@ class StreamSession:
         self._spikes: list | None = None
 
     def _open(self, model, probe=None):
-        """(session, blocked membranes) for ``model`` under this session's kernel/layout/threads.
+        """(onnxruntime session, blocked membranes) for ``model`` with the kernel, layout and threads
+        this StreamSession was opened with.
         Spinning pool threads stop at the end of each run: the one-step and the k-step sessions
         take turns, and one's spinning threads would take the cores from the other's run."""
         from ..ops import make_session
@@ -263,10 +264,11 @@ class StreamSession:
             saved = (self._state, self._batch, self._steps, self._pred, self._spikes)
             try:
                 self._batch, self._steps = 2, 0
-                self._state = {n: to_blocked(v, blocks[n]) if n in blocks else v for n, v in plain.items()}
+                start = {n: to_blocked(v, blocks[n]) if n in blocks else v for n, v in plain.items()}
+                self._state = start
                 self._chunks[k] = (sess, blocks)
                 got = self._run(dict(x), k) + self._pred + list(self._spikes) + list(self._state.values())
-                self._state = {n: to_blocked(v, blocks[n]) if n in blocks else v for n, v in plain.items()}
+                self._state = start  # runs read states, never write them
                 spikes = 0
                 for _ in range(k):
                     want = self._run(dict(x))
