@@ -62,8 +62,26 @@ def kernel_status() -> tuple[bool, str]:
     return True, p
 
 
+_SHARED_ARENA = False
+
+
+def shared_arena() -> None:
+    """Register, once per process, the CPU arena that sessions made with ``arena="shared"``
+    allocate from. It grows by what a run asks (not to the next power of two), so it stays at
+    the largest run's peak."""
+    global _SHARED_ARENA
+    if not _SHARED_ARENA:
+        import onnxruntime as ort
+
+        ort.create_and_register_allocator(
+            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+            ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        _SHARED_ARENA = True
+
+
 def session_options(*, kernel: bool | None = None, threads: int | None = None,
-                    optimization: "str | int | None" = None, spinning: bool = True, arena: bool = True):
+                    optimization: "str | int | None" = None, spinning: "bool | str" = True,
+                    arena: "bool | str" = True):
     """onnxruntime.SessionOptions with the BurstIF kernel registered.
 
     kernel: True = require it (error if missing), False = never register it (the standard-op
@@ -72,8 +90,11 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     ("disable", "basic", "extended", "all"). spinning=False: idle intra-op threads sleep
     instead of spinning (for benchmarks that interleave several sessions on few cores);
     "run": they spin during a run and stop at its end (sessions that take turns).
-    arena=False: no CPU memory arena (each tensor freed when done): a process that makes many
-    sessions one after the other (calibration) keeps its peak at one run's, not the arenas'.
+    arena=False: no CPU memory arena (each tensor freed when done). arena="shared": the
+    process's one shared arena (:func:`shared_arena`): for the many sessions that take turns
+    (calibration's per-layer segments, the search's tails), whose own arenas would each keep
+    their run's peak -- one arena holds the largest run's tensors and serves them all, and
+    tensors are not allocated anew (and their pages faulted in) on every run.
     """
     import onnxruntime as ort
 
@@ -98,6 +119,9 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     elif spinning == "run":
         so.add_session_config_entry("session.force_spinning_stop", "1")
     so.enable_cpu_mem_arena = bool(arena)
+    if arena == "shared":
+        shared_arena()
+        so.add_session_config_entry("session.use_env_allocators", "1")
     if kernel is None:
         kernel = kernel_available()
     if kernel:

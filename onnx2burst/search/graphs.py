@@ -29,35 +29,15 @@ from ..snn import read_snn
 __all__ = ["SearchGraphs", "search_session", "channel_mean", "mean_corrected"]
 
 
-_SHARED_ARENA = False
-
-
-def _shared_arena() -> None:
-    """Register one CPU arena with onnxruntime's environment (once per process) that every search
-    session allocates from: the many tail sessions take turns, so one arena holding the largest
-    run's tensors serves them all -- faster than allocating each tensor anew, and far smaller
-    than one arena per session."""
-    global _SHARED_ARENA
-    if not _SHARED_ARENA:
-        import onnxruntime as ort
-
-        # grown by what is asked, not to the next power of two: the arena stays at one run's peak
-        ort.create_and_register_allocator(
-            ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
-            ort.OrtArenaCfg({"arena_extend_strategy": 1}))
-        _SHARED_ARENA = True
-
-
 def search_session(model: onnx.ModelProto, threads, kernel):
     """A session for one of the search's many small graphs: idle threads sleep, and its tensors
-    come from the process's shared arena (``_shared_arena``)."""
+    come from the process's shared arena (``ops.session_options(arena="shared")``): the many
+    tail sessions take turns, so one arena holding the largest run's tensors serves them all."""
     import onnxruntime as ort
 
-    _shared_arena()
-    so = ops.session_options(kernel=kernel, threads=threads)
+    so = ops.session_options(kernel=kernel, threads=threads, arena="shared")
     # many sessions take turns: idle pools must not spin on the cores the next one needs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
