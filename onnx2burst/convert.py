@@ -39,7 +39,7 @@ import types
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -154,6 +154,9 @@ class Converter:
             raise ConfigError(f"per-layer settings name unknown neuron(s) {unknown}; "
                               f"the neurons are {a.neuron_names}")
         self._stats: list[tuple[CalibrationSet, ActivationStats]] = []
+        self._loaded: list[CalibrationSet] = []   # the sets load_data returned: run() takes them as they are
+        # pass-2 fits per (data set, pass-1 stats, threshold config): (neuron, psi, tau) -> vth
+        self._fits: list[tuple[CalibrationSet, ActivationStats, ThresholdConfig, dict]] = []
 
     # ------------------------------------------------------------ stages
     @property
@@ -206,6 +209,7 @@ class Converter:
                 c, samples=len(data), batch_size=None))
             self.batch_note = self.plan_batch(self.canonical.model, str(self.source_path or "the model"),
                                               info=self.canonical.info, keep=[n.output for n in self.analysis.neurons])
+        self._loaded.append(data)
         return data
 
     def settings(self, psi: Mapping[str, int] | None = None, tau: Mapping[str, float] | None = None) \
@@ -243,13 +247,34 @@ class Converter:
     @onnxruntime_errors()
     def fit_thresholds(self, data: CalibrationSet, stats: ActivationStats | None = None,
                        settings: Mapping | None = None, *, thresholds: ThresholdConfig | None = None,
-                       progress=None) -> dict:
-        """Pass 2 (§4) for ``settings`` (default ``self.settings()``); see ``search_thresholds``."""
+                       progress=None, also: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> dict:
+        """Pass 2 (§4) for ``settings`` (default ``self.settings()``); see ``search_thresholds``.
+
+        also: more ``(psi, tau)`` per neuron to fit in the same pass (e.g. BSR's psi candidates).
+        Every fit is kept per data set: a later call on the same data, stats and threshold
+        config gets what was fitted already without a pass (the same values: a fit depends on
+        nothing else), and fits only what is missing.
+        """
         stats = stats or self.activation_stats(data, progress)
-        c = self.calibration
-        return search_thresholds(self.canonical, self.analysis, data, stats, T=self.config.T,
-                                 settings=settings or self.settings(), config=thresholds or self.config.thresholds,
-                                 batch_size=c.batch_size, threads=c.threads, progress=progress)
+        cfg = thresholds or self.config.thresholds
+        settings = settings or self.settings()
+        multi = any(isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)) for v in settings.values())
+        want = {k: [tuple(x) for x in v] if multi else [tuple(v)] for k, v in settings.items()}
+        cache = next((f for d, s, c, f in self._fits if d is data and s is stats and c == cfg), None)
+        if cache is None:
+            cache = {}
+            self._fits.append((data, stats, cfg, cache))
+        todo = {n.name: [] for n in self.analysis.neurons}
+        for k, v in list(want.items()) + list((also or {}).items()):
+            todo[k].extend(x for x in ((int(p), float(t)) for p, t in v) if (k, *x) not in cache and x not in todo[k])
+        if any(todo.values()):
+            c = self.calibration
+            cache.update(search_thresholds(self.canonical, self.analysis, data, stats, T=self.config.T,
+                                           settings=todo, config=cfg, batch_size=c.batch_size, threads=c.threads,
+                                           progress=progress))
+        if multi:
+            return {(k, *x): cache[(k, int(x[0]), float(x[1]))] for k, v in want.items() for x in v}
+        return {k: cache[(k, int(v[0][0]), float(v[0][1]))] for k, v in want.items()}
 
     def build(self, thresholds: Mapping[str, np.ndarray], settings: Mapping[str, tuple[int, float]] | None = None,
               *, T: int | None = None) -> SNN:
@@ -299,19 +324,24 @@ class Converter:
         return model
 
     @onnxruntime_errors()
-    def run(self, calib, progress=None) -> ConversionResult:
-        """All stages on ``calib`` (anything ``load_data`` reads, or a ``CalibrationSet``)."""
+    def run(self, calib, progress=None, *, also_fit: Mapping[str, Sequence[tuple[int, float]]] | None = None) \
+            -> ConversionResult:
+        """All stages on ``calib`` (anything ``load_data`` reads, or a ``CalibrationSet``).
+
+        also_fit: more ``(psi, tau)`` per neuron whose thresholds pass 2 fits alongside the
+        SNN's own (``fit_thresholds``' ``also``), for a search that follows on the same data.
+        """
         progress = progress or NullProgress()
         t0 = time.perf_counter()
         times = {}
-        data = self.load_data(calib)
+        data = calib if any(calib is d for d in self._loaded) else self.load_data(calib)
         times["load data"] = time.perf_counter() - t0
         t = time.perf_counter()
         stats = self.activation_stats(data, progress)
         times["pass 1"] = time.perf_counter() - t
         t = time.perf_counter()
         settings = self.settings()
-        vth = self.fit_thresholds(data, stats, settings, progress=progress)
+        vth = self.fit_thresholds(data, stats, settings, progress=progress, also=also_fit)
         times["pass 2"] = time.perf_counter() - t
         t = time.perf_counter()
         snn = self.build(vth, settings)
@@ -372,10 +402,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, calib, T: int | None = N
     conv = Converter(model, config)
     if search is None or not search.any:
         return conv.run(calib, progress).model
-    from .search import tune
+    from .search import search_fits, tune
 
     data = conv.load_data(calib)
-    return tune(conv, data, search, snn=conv.run(data, progress).model, progress=progress).model
+    snn = conv.run(data, progress, also_fit=search_fits(conv, search)).model
+    return tune(conv, data, search, snn=snn, progress=progress).model
 
 
 class _CallableModule(types.ModuleType):

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import search_choices
 from onnx2burst import search as S
@@ -152,9 +154,72 @@ def test_threshold_fit_for_many_psi_is_bit_exact(per_channel):
     assert not np.array_equal(one[0].errors, one[3].errors)  # the caps did bite
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), T=st.sampled_from([1, 2, 4, 8, 16]), per_channel=st.booleans(),
+       spread=st.sampled_from([0.3, 0.6, 1.0, 1.7]), quantised=st.booleans())
+def test_sorted_threshold_fit_agrees_with_the_value_by_value_fit(seed, T, per_channel, spread, quantised):
+    """The fit from sorted values gives each candidate's error of the value-by-value fit (to
+    float rounding) and the same thresholds: caps biting or not, values above the reference
+    (a Clip neuron's cap), a dead channel, negative values, values on the level edges (where
+    two candidates may tie exactly, either is right)."""
+    rng = np.random.default_rng(seed)
+    a = np.maximum(rng.standard_normal((6, 4, 5, 5)), 0).astype(np.float32) * np.float32(2.0)
+    a[:, 3] = 0                                            # a dead channel
+    a[0, 0, 0, :2] = -1.0                                   # never counted
+    if quantised:   # many values on exact multiples: ties at the level edges
+        a = (np.round(a * 8) / 8).astype(np.float32)
+    ref = (a.max(axis=(0, 2, 3)) if per_channel else np.array([a.max()])).astype(np.float32) * np.float32(spread)
+    f = candidate_factors()
+    psis = (1, 2, 5)
+    sorted_fit = [ThresholdSearch(ref, T, p, f, per_channel) for p in psis]
+    by_value = [ThresholdSearch(ref, T, p, f, per_channel) for p in psis]
+    for batch in (a[:2], a[2:]):
+        ThresholdSearch.update_group(sorted_fit, batch)
+        for s in by_value:
+            s.update_elementwise(batch)
+    for s, t in zip(sorted_fit, by_value):
+        np.testing.assert_allclose(s.errors, t.errors, rtol=1e-6, atol=1e-12)
+        # the same threshold, or one whose error ties the best to float rounding (equal in
+        # exact arithmetic: only values on a grid, as here when quantised, make such ties)
+        chans = np.arange(ref.size)
+        best, chosen = t.errors.min(axis=0), t.errors[s.best_index(), chans]
+        same = s.best_index() == t.best_index()
+        assert (same | (chosen <= best * (1 + 1e-6) + 1e-12)).all()
+        assert quantised or same.all()
+
+
 def test_ray_is_not_imported_without_workers():
     code = ("import sys, onnx2burst, onnx2burst.search, onnx2burst.cli.convert, onnx2burst.cli.search\n"
             "from onnx2burst.search import cells, prune, tables\n"
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_conversion_fits_bsr_candidates_in_its_own_pass(monkeypatch):
+    """``convert --bsr`` fits BSR's psi candidates in the conversion's threshold pass: the search
+    then runs no pass of its own, the SNN is the plain conversion's bit for bit, and each
+    candidate's thresholds are those of a fit of that psi alone."""
+    import importlib
+
+    from onnx2burst.config import CalibrationConfig, ConvertConfig, SearchConfig
+
+    C = importlib.import_module("onnx2burst.convert")   # the module (the package's `convert` is the function)
+    x = sample_data(48, seed=2)
+    cfg = ConvertConfig(T=T, psi=PSI, calibration=CalibrationConfig(threads=1, batch_size=16))
+    plain = C.Converter(ann_model(), cfg)
+    want = plain.run(x).model
+    conv = C.Converter(ann_model(), cfg)
+    data = conv.load_data(x)
+    passes = []
+    real = C.search_thresholds
+    monkeypatch.setattr(C, "search_thresholds", lambda *a, **k: passes.append(k["settings"]) or real(*a, **k))
+    got = conv.run(data, also_fit=S.search_fits(conv, SearchConfig(bsr=True, psi_max=4))).model
+    assert len(passes) == 1 and got.SerializeToString() == want.SerializeToString()
+    provider = S.thresholds_from_converter(conv, data, range(1, 5))
+    fitted = {(name, psi): provider(name, psi) for name in conv.settings() for psi in (1, 3, 4)}
+    assert len(passes) == 1   # the search's provider ran no pass
+    for psi in (1, 3, 4):
+        alone = plain.fit_thresholds(plain.load_data(x), None, {n: (psi, t) for n, (_, t) in plain.settings().items()})
+        assert all(np.array_equal(fitted[name, psi], alone[name]) for name in conv.settings())
+    assert S.search_fits(conv, SearchConfig(ssc=True)) is None

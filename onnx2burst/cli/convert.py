@@ -87,10 +87,10 @@ def convert(model, output, per_timestep_output, no_bias_calibration, allow_inexa
             search = read_guard_early(search, conv)
             st.advance()
         if search.any:
-            from onnx2burst.search import tune
+            from onnx2burst.search import search_fits, tune
 
             data = conv.load_data(source)
-            result = conv.run(data, progress)
+            result = conv.run(data, progress, also_fit=search_fits(conv, search))
             tuned = tune(conv, data, search, snn=result.model, progress=progress)
             final = tuned.model
         else:

@@ -24,20 +24,33 @@ from .select import SearchChoice, choose_bsr, choose_ssc
 from .prune import Prune
 from .tables import Measurement, VthProvider, measure
 
-__all__ = ["thresholds_from_converter", "TuneResult", "JointCheck", "joint_check", "rebuild", "tune"]
+__all__ = ["psi_fits", "search_fits", "thresholds_from_converter", "TuneResult", "JointCheck", "joint_check", "rebuild",
+           "tune"]
+
+
+def psi_fits(conv, psis: Sequence[int]) -> dict[str, list[tuple[int, float]]]:
+    """The (psi, tau) per neuron whose thresholds BSR's psi table needs: every psi of ``psis``
+    other than the neuron's own at its tau (its own where it has no other)."""
+    base = conv.settings()
+    return {name: [(int(p), t) for p in psis if int(p) != cur] or [(cur, t)] for name, (cur, t) in base.items()}
+
+
+def search_fits(conv, config: SearchConfig) -> dict[str, list[tuple[int, float]]] | None:
+    """What the conversion's threshold pass should fit alongside its own for ``tune`` with
+    ``config`` to follow (``Converter.run(..., also_fit=)``): BSR's psi candidates, else None."""
+    return psi_fits(conv, range(1, config.psi_max + 1)) if config.bsr else None
 
 
 def thresholds_from_converter(conv, data, psis: Sequence[int], *, stats=None, progress=None) -> VthProvider:
-    """The §4 refit of every neuron for every psi in ``psis``, in one ANN pass, as a provider.
+    """The §4 refit of every neuron for every psi in ``psis`` as a provider: one ANN pass, or
+    none where the conversion fitted them already (``search_fits``).
 
     conv: an ``onnx2burst.convert.Converter``; data: its ``CalibrationSet`` (the data the SNN's
     own thresholds were fitted on). Each neuron keeps its configured tau; its own psi (the
     baseline, never asked for by :func:`measure`) is fitted only on demand.
     """
     base = conv.settings()
-    # every neuron needs a non-empty list; its own psi only where it has no other candidate
-    settings = {name: [(int(p), t) for p in psis if int(p) != cur] or [(cur, t)] for name, (cur, t) in base.items()}
-    fits = conv.fit_thresholds(data, stats, settings, progress=progress)
+    fits = conv.fit_thresholds(data, stats, psi_fits(conv, psis), progress=progress)
 
     def vth_for_psi(name: str, psi: int) -> np.ndarray:
         key = (name, int(psi), base[name][1])
@@ -159,9 +172,10 @@ def tune(conv, data, config: SearchConfig, *, snn: onnx.ModelProto | None = None
               progress=progress, workers=config.workers, address=config.ray_address,
               sensitivity=config.sensitivity)
     stats = conv.activation_stats(data, progress)
-    if snn is None:
+    if snn is None:  # converted here: the threshold pass fits BSR's candidates too
         t = time.perf_counter()
-        snn = rebuild(conv, data, stats, conv.settings(), progress=progress)
+        vth = conv.fit_thresholds(data, stats, conv.settings(), progress=progress, also=search_fits(conv, config))
+        snn = rebuild(conv, data, stats, conv.settings(), thresholds=vth, progress=progress)
         timings["convert"] = time.perf_counter() - t
     settings = conv.settings()
     ann = conv.source

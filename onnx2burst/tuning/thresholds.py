@@ -15,7 +15,10 @@ is worth ``-theta`` (its threshold is ``theta / alpha`` on the pre-activation, s
 post-activation ``a = alpha * x`` the steps are the same), and the negative side rounds
 towards zero, ``Q(a) = -theta/T * clip(floor(-T*a/theta + alpha/2), 0, psi*T)`` for a < 0.
 
-and keeps the argmin. Memory is one batch of activations plus ``[95, C]`` sums, for any
+and keeps the argmin. The sums come from the batch's values sorted per channel
+(``_sorted_update``: each level a run found by binary search, its error from prefix sums;
+every candidate and every psi from one sort), or value by value for a signed neuron
+(``update_elementwise``). Memory is one batch of activations plus ``[95, C]`` sums, for any
 number of samples. The stored ``vth`` is that theta; the neuron fires at ``tau * vth``
 (tau is not divided out: that would make SSC a no-op).
 
@@ -91,6 +94,15 @@ class ThresholdSearch:
 
     def update(self, a: np.ndarray) -> None:
         """Add a batch of post-ReLU activations ``[N, C, ...]`` (``[N, ...]`` when per-tensor)."""
+        if self.signed:
+            self.update_elementwise(a)
+        else:
+            _sorted_update([self], a)
+
+    def update_elementwise(self, a: np.ndarray) -> None:
+        """``update`` value by value: every candidate quantises every activation (float32) and
+        sums the squared errors (float64). Signed neurons take this way; for the others it is
+        the reference the sorted-values fit (``_sorted_update``) is tested against."""
         at = _channels_first(a, self.per_channel)
         if at.shape[0] != self.ref.size:
             raise ValueError(f"activations have {at.shape[0]} channels, thresholds {self.ref.size}")
@@ -135,49 +147,130 @@ class ThresholdSearch:
     @staticmethod
     def update_group(searches: Sequence["ThresholdSearch"], a: np.ndarray) -> None:
         """``s.update(a)`` for each search of one neuron with the same ref, T and factors (its
-        psi candidates), sharing the work: per factor the levels ``floor(z*T/f + 0.5)`` are
-        computed once, and every psi whose cap ``psi*T`` no level of the batch reaches gets
-        the unclipped errors computed once. The float operations on each value are those of
-        ``update``, in the same order, so the errors are the same bit for bit."""
-        first = searches[0]
-        if len(searches) == 1 or any(getattr(s, "signed", False) for s in searches):  # signed: one fit per psi
+        psi candidates), in one pass over the batch's sorted values (``_sorted_update``)."""
+        if any(getattr(s, "signed", False) for s in searches):  # signed: one fit per psi
             for s in searches:
                 s.update(a)
             return
-        at = _channels_first(a, first.per_channel)
-        if at.shape[0] != first.ref.size:
-            raise ValueError(f"activations have {at.shape[0]} channels, thresholds {first.ref.size}")
-        mask = at > 0
-        counts = mask.sum(axis=1)
-        z = (at * first._inv[:, None])[mask]
-        if z.size == 0:
-            return
-        nonempty = np.flatnonzero(counts)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nonempty]
-        scale = (first.ref ** 2)[nonempty]
-        level, buf = np.empty_like(z), np.empty_like(z)
-        T = first.T
-        for k, f in enumerate(first.factors):
-            np.multiply(z, np.float32(T / f), out=level)
-            level += np.float32(0.5)
-            np.floor(level, out=level)
-            high = level.max()
-            done: dict[float, np.ndarray] = {}
-            for s in searches:
-                top = np.float32(s.psi * T)
-                cap = float(min(top, high))  # the same for every psi whose cap no level reaches
-                if cap not in done:
-                    np.minimum(level, top, out=buf)
-                    buf *= np.float32(f / T)
-                    np.subtract(z, buf, out=buf)
-                    np.multiply(buf, buf, out=buf)
-                    done[cap] = np.add.reduceat(buf, starts, dtype=np.float64) * scale
-                s.errors[k, nonempty] += done[cap]
+        _sorted_update(searches, a)
 
     def thresholds(self) -> np.ndarray:
         """The best theta per channel, float32 ``[C]``."""
         f = self.factors[self.best_index()]
         return (self.ref * f).astype(np.float32)
+
+
+#: values per chunk of channels in the sorted-values fit: bounds its float64 temporaries
+_CHUNK = 1 << 21
+
+
+def _level32(z: np.ndarray, a) -> np.ndarray:
+    """The level ``floor(z*T/f + 0.5)`` in float32 arithmetic, as the element-wise fit forms it
+    (``a`` = float32(T/f), a scalar or one per value)."""
+    return np.floor(np.multiply(z, a, dtype=np.float32) + np.float32(0.5))
+
+
+def _edges32(levels: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Per level l >= 1 (with its ``a`` = float32(T/f)), the least float32 z >= 0 whose float32
+    level (``_level32``) is >= l: the level is a non-decreasing function of z, so ``z >= edge``
+    is ``level >= l`` exactly."""
+    lv = levels.astype(np.float32)
+    g = ((levels - 0.5) / a.astype(np.float64)).astype(np.float32)   # within a few ulps of the edge
+    for _ in range(8):
+        down = np.nextafter(g, np.float32(0))
+        g = np.where((g > 0) & (_level32(down, a) >= lv), down, g)
+        g = np.where(_level32(g, a) < lv, np.nextafter(g, np.float32(np.inf)), g)
+    down = np.nextafter(g, np.float32(0))
+    if not ((_level32(g, a) >= lv).all() and ((g == 0) | (_level32(down, a) < lv)).all()):
+        raise ArithmeticError("threshold fit: a level edge was not found")  # not reached for finite z
+    return g
+
+
+def _sorted_update(searches: Sequence["ThresholdSearch"], a: np.ndarray) -> None:
+    """Add one batch to every search of one unsigned neuron (same ref, T, factors; their psi
+    caps may differ), from the batch's values sorted per channel.
+
+    A candidate theta = f*ref quantises z = a/ref to the level ``floor(z*T/f + 0.5)``, capped at
+    psi*T, worth ``q = level*f/T``. In a sorted channel each level is a run of values, found by
+    a binary search for its float32 edge (exactly the values the element-wise fit puts on that
+    level); a run's squared error is ``S2 - 2 q S1 + n q^2`` from prefix sums of z and z^2
+    (float64), and a cap puts the run of every value at or above it at the cap's q. The q are
+    the element-wise fit's float32 products, so the errors agree with ``update_elementwise``
+    up to float rounding (float64 here, float32 squares there: about 1e-7 relative at worst)
+    and the thresholds with them. All candidates share one sort, two prefix sums and one
+    binary search per channel, whatever the number of psi.
+    """
+    first = searches[0]
+    at = _channels_first(a, first.per_channel)
+    if at.shape[0] != first.ref.size:
+        raise ValueError(f"activations have {at.shape[0]} channels, thresholds {first.ref.size}")
+    C, M = at.shape
+    if M == 0:
+        return
+    T = first.T
+    z = np.multiply(at, first._inv[:, None], dtype=np.float32)   # as the element-wise fit
+    np.maximum(z, np.float32(0), out=z)                           # a value <= 0 quantises to 0: no error
+    zmax = np.float32(z.max())
+    if not zmax > 0:
+        return
+    factors = first.factors
+    K = factors.size
+    a32 = np.array([np.float32(T / f) for f in factors], np.float32)
+    b32 = np.array([np.float32(f / T) for f in factors], np.float32)
+    top = _level32(zmax, a32).astype(np.int64)          # per factor, the highest level a value reaches
+    caps = sorted({int(s.psi * T) for s in searches})
+    # every factor's levels 0..min(top, highest cap) side by side, its block of columns from
+    # start[k]; above the highest cap every value is capped, so its last run goes to the end
+    width = np.minimum(top, caps[-1]) + 1
+    start = np.concatenate([[0], np.cumsum(width)])
+    J = int(start[-1])
+    factor_of = np.repeat(np.arange(K), width)
+    level = np.arange(J) - start[factor_of]
+    q = (level.astype(np.float32) * b32[factor_of]).astype(np.float64)   # the float32 products
+    inner = level > 0                                                    # a run that begins at an edge
+    edges = _edges32(level[inner].astype(np.float64), a32[factor_of[inner]])
+    out = {c: np.zeros((K, C)) for c in caps}
+    step = max(1, _CHUNK // max(M, J))
+    for r0 in range(0, C, step):
+        zr = np.sort(z[r0:r0 + step], axis=1)
+        R = zr.shape[0]
+        z64 = zr.astype(np.float64)
+        P1 = np.zeros((R, M + 1))
+        P2 = np.zeros((R, M + 1))
+        np.cumsum(z64, axis=1, out=P1[:, 1:])
+        np.cumsum(z64 * z64, axis=1, out=P2[:, 1:])
+        del z64
+        rows = np.arange(R)[:, None]
+        lo = np.zeros((R, J), np.int64)           # run j holds the sorted values [lo, hi)
+        lo[:, inner] = np.stack([np.searchsorted(zr[i], edges, side="left") for i in range(R)])
+        hi = np.empty_like(lo)
+        hi[:, :-1] = lo[:, 1:]
+        hi[:, start[1:] - 1] = M                  # a factor's last run goes to the end
+        n = (hi - lo).astype(np.float64)
+        S1 = P1[rows, hi] - P1[rows, lo]
+        S2 = P2[rows, hi] - P2[rows, lo]
+        run = S2 - 2.0 * q * S1 + n * q * q
+        # each sum over one factor's own runs only: a psi's errors do not depend on the others'
+        total = np.add.reduceat(run, start[:-1], axis=1)          # [R, K]: no cap reached (used where c >= top)
+        tail1, tail2 = P1[:, M:], P2[:, M:]
+        for c in caps:
+            capped = c < top                      # factors some value's level exceeds c at
+            err = total.copy()
+            if capped.any():
+                kk = np.flatnonzero(capped)
+                jc = start[kk] + c                # the run of level c: it and all above go to q(c)
+                qc = q[jc]
+                bounds = np.empty(2 * kk.size, np.int64)
+                bounds[0::2], bounds[1::2] = start[kk], jc
+                below = np.add.reduceat(run, bounds, axis=1)[:, 0::2]   # the runs below level c
+                t1 = tail1 - P1[rows, lo[:, jc]]
+                t2 = tail2 - P2[rows, lo[:, jc]]
+                tn = (M - lo[:, jc]).astype(np.float64)
+                err[:, kk] = below + t2 - 2.0 * qc * t1 + tn * qc * qc
+            out[c][:, r0:r0 + R] = err.T
+    scale = first.ref ** 2
+    for s in searches:
+        s.errors += out[int(s.psi * T)] * scale
 
 
 @dataclass
@@ -266,13 +359,13 @@ def search_thresholds(canonical: Canonical, analysis: Analysis, data: Calibratio
     """Pass 2: the best thresholds per neuron.
 
     settings: neuron name -> ``(psi, tau)``, or a list of them to fit several at once in the
-    same pass (BSR/SSC candidates). Returns ``{name: vth}`` (float32 ``[C]``) for single
+    same pass (BSR/SSC candidates; an empty list fits nothing for that neuron). Returns ``{name: vth}`` (float32 ``[C]``) for single
     settings, ``{(name, psi, tau): vth}`` when lists were given.
     """
     config = config or ThresholdConfig()
     progress = progress or NullProgress()
     multi = any(isinstance(v, (list, tuple)) and v and isinstance(v[0], (list, tuple)) for v in settings.values())
-    plan = {k: ([tuple(x) for x in v] if multi and isinstance(v[0], (list, tuple)) else [tuple(v)])
+    plan = {k: ([tuple(x) for x in v] if multi and (not v or isinstance(v[0], (list, tuple))) else [tuple(v)])
             for k, v in settings.items()}
     factors = candidate_factors(config.candidates, config.step)
     result = {}
