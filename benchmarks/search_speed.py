@@ -77,6 +77,7 @@ def run_child(spec: dict) -> dict:
 
         from onnx2burst import ops
         from onnx2burst.data import load_data
+        from onnx2burst.evaluation.sensitivity import fit_sensitivity, plan_sensitivity
         from onnx2burst.search.cells import layer_inputs, run_layer
         from onnx2burst.search.graphs import SearchGraphs
 
@@ -85,15 +86,18 @@ def run_child(spec: dict) -> dict:
         out["layers"] = [{"name": nr.name, "seconds": 0.0, "tail_nodes": len(sg.tail_nodes[i]), "bytes_per_8": 0}
                          for i, nr in enumerate(sg.neurons)]
         out["baseline"] = 0.0
-        for feeds in load_data(spec["calib"], conv.source, samples=spec["samples"]).batches(8):
-            a_logits = ann.run(None, feeds)[0]
+        batches = list(load_data(spec["calib"], conv.source, samples=spec["samples"]).batches(8))
+        logits = [ann.run(None, feeds) for feeds in batches]
+        # what measure scores a cell with: the sensitivity with its scales fitted on the ANN's outputs
+        metric = fit_sensitivity(plan_sensitivity(conv.source, "auto"), logits)
+        for feeds, a_logits in zip(batches, logits):
             t = time.perf_counter()
             env = sg.run_base(feeds)
             out["baseline"] += time.perf_counter() - t
             for i, nr in enumerate(sg.neurons):
                 theta = (np.float32(2.0) * nr.vth).astype(np.float32)   # the tau = 2 candidate
                 t = time.perf_counter()
-                run_layer(sg, i, env, a_logits, [("tau", 1, nr.psi, theta)], "output")
+                run_layer(sg, i, env, a_logits, [("tau", 1, nr.psi, theta)], "output", metric)
                 row = out["layers"][i]
                 row["seconds"] += time.perf_counter() - t
                 row["bytes_per_8"] = int(sum(env[n].nbytes for n in layer_inputs(sg, i)))
