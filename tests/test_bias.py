@@ -132,3 +132,20 @@ def test_conv_without_bias_gets_one():
     names = [t.name for t in r.model.graph.initializer]
     assert "conv_bias" in names and r.model.graph.node[0].input[2] == "conv_bias"
     assert np.abs(_init(r.model, "conv_bias")).max() > 0
+
+
+def test_arena_kept_or_handed_back_gives_the_same_biases():
+    """Calibration's runs keep their memory arena from run to run, or hand it back after every
+    run where the memory budget has no room for it: the same deltas bit for bit, and a
+    converter whose budget is tight hands it back."""
+    m = fm.residual()
+    conv, data, stats, vth, snn, _ = _prepare(m, n=40)
+    kw = dict(batch_size=8, threads=1, cache_mb=1)
+    kept = calibrate_biases(snn, stats.mean, data, keep_arena=True, **kw)
+    back = calibrate_biases(snn, stats.mean, data, keep_arena=False, **kw)
+    assert kept.deltas and kept.deltas.keys() == back.deltas.keys()
+    assert all(np.array_equal(kept.deltas[k], back.deltas[k]) for k in kept.deltas)
+    assert conv._arena_fits()
+    tight = Converter(m, ConvertConfig(T=4, psi=2))
+    tight.ARENA_FACTOR = 1e9   # no budget holds this
+    assert not tight._arena_fits()

@@ -162,11 +162,13 @@ def _segment(work: onnx.ModelProto, cache: "_Cache | None", outputs: list[str], 
 
 def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: CalibrationSet, *, batch_size: int = 64,
                      threads: int | None = None, kernel: bool | None = None, cache_mb: int = 512,
-                     neurons: list[str] | None = None, progress=None) -> BiasCalibration:
+                     neurons: list[str] | None = None, progress=None, keep_arena: bool = True) -> BiasCalibration:
     """Run §5 on ``snn`` and return the calibrated copy (see the module docstring).
 
     ann_means: neuron -> the ANN's mean output along its bias axis (``ActivationStats.mean``).
     neurons: calibrate only these (default: all with a bias target), in topological order.
+    keep_arena: the runs' memory arena is kept from one run of a layer to the next
+    (``calibration.runner.Runner``); False when the memory budget has no room for it.
     """
     progress = progress or NullProgress()
     model = onnx.ModelProto()
@@ -210,11 +212,11 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
                     red = add_channel_reduce(work, widx, n.output, "ReduceMean", n.bias_axis, rank=ranks.get(n.output),
                                              opset=opset, tag="snn_mean")
                     part = _segment(work, cache, [red], ranks)
-                    runner = Runner(part, threads=threads, kernel=kernel)
+                    runner = Runner(part, threads=threads, kernel=kernel, keep_arena=keep_arena)
                     mean = RunningMean()
-                    for feeds in batches():
+                    for j, feeds in enumerate(batches()):
                         nrows = next(iter(feeds.values())).shape[0]
-                        mean.update(np.asarray(runner.run(feeds, [red])[0]).reshape(-1), nrows)
+                        mean.update(np.asarray(runner.run(feeds, [red], last=j == nb - 1)[0]).reshape(-1), nrows)
                         st.advance()
                     delta = mean.value - np.asarray(ann_means[n.name], np.float64).reshape(-1)
                     bias = np.asarray(midx.const(n.bias), np.float32)
@@ -227,8 +229,8 @@ def calibrate_biases(snn: SNN, ann_means: dict[str, np.ndarray], data: Calibrati
                         result.deltas[n.name] = delta
             # keep this neuron's spike maps when everything after it reads only them
             if n.output in cuts and budget > 0 and any(m in todo for m in snn.neurons[k + 1:]):
-                new = _materialise(work, cache, n, widx, ranks, batches, budget, threads, kernel,
-                                   snn.T * len(data), Path(spill_root) / f"{k}")
+                new = _materialise(work, cache, n, widx, ranks, batches, nb, budget, threads, kernel,
+                                   snn.T * len(data), Path(spill_root) / f"{k}", keep_arena)
                 if new is not None:
                     if cache is not None:
                         cache.drop()
@@ -244,8 +246,8 @@ def _disk_room(folder: Path) -> int:
         return 0
 
 
-def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, threads, kernel, total_rows,
-                 folder: Path):
+def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, nb: int, budget, threads, kernel,
+                 total_rows, folder: Path, keep_arena: bool = True):
     """The spike counts of ``n.output`` for every batch, in memory when they fit ``budget``, else
     spilled to ``folder``; None when the disk has no room for them either."""
     if n.alpha is not None:  # signed neuron: -psi .. psi per step
@@ -266,10 +268,10 @@ def _materialise(work, cache, n: SpikingNeuron, widx, ranks, batches, budget, th
     ])
     del g.output[:]
     g.output.append(helper.make_tensor_value_info(new.counts_name, helper.np_dtype_to_tensor_dtype(np.dtype(new.dtype)), None))
-    runner = Runner(part, threads=threads, kernel=kernel)
+    runner = Runner(part, threads=threads, kernel=kernel, keep_arena=keep_arena)
     rows = 0
-    for feeds in batches():
-        c = runner.run(feeds, [new.counts_name])[0]
+    for j, feeds in enumerate(batches()):
+        c = runner.run(feeds, [new.counts_name], last=j == nb - 1)[0]
         new.add(c)
         rows += c.shape[0]
         projected = new.nbytes / rows * total_rows
