@@ -1,6 +1,7 @@
 """Running a model over calibration data with onnxruntime, batch by batch."""
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ class Runner:
         # calibration makes one session per layer, one after the other. Their tensors come from
         # the process's shared arena, kept from one run to the next when ``keep_arena`` (no
         # arena allocates and faults in every tensor anew on every run: bias calibration
-        # 1.6-1.9x slower on the bundled models) and handed back after a session's last run
+        # 1.6-1.9x slower on the bundled models) and handed back after a layer's last run
         # (``run(..., last=True)``); kept, the arena can hold well over one run's peak (a
         # 224x224 ResNet-50: 5.4 GB against 3.3 without), so where that does not fit the
         # memory budget the caller passes keep_arena=False and it goes back after every run
@@ -34,7 +35,7 @@ class Runner:
 
     def run(self, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None, *,
             last: bool = False) -> list[np.ndarray]:
-        """One run; last: this session's last, after which the arena's free memory goes back."""
+        """One run; last: the last run of this model, after which the arena's free memory goes back."""
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
         release = last or not self.keep_arena
         return self.session.run(list(outputs) if outputs else None, feeds, _release() if release else None)
@@ -49,8 +50,9 @@ class Runner:
                 stage.advance()
 
 
+@functools.lru_cache(maxsize=1)
 def _release():
-    """Run options that shrink the CPU arena at the end of the run."""
+    """Run options that shrink the CPU arena at the end of the run (made once)."""
     import onnxruntime as ort
 
     ro = ort.RunOptions()

@@ -67,8 +67,9 @@ _SHARED_ARENA = False
 
 def shared_arena() -> None:
     """Register, once per process, the CPU arena that sessions made with ``arena="shared"``
-    allocate from. It grows by what a run asks (not to the next power of two), so it stays at
-    the largest run's peak."""
+    allocate from. It grows by what a run asks (not to the next power of two); it keeps what it
+    holds unless a run's options shrink it (``calibration.runner.Runner`` does at the end of
+    a layer)."""
     global _SHARED_ARENA
     if not _SHARED_ARENA:
         import onnxruntime as ort
@@ -93,8 +94,8 @@ def session_options(*, kernel: bool | None = None, threads: int | None = None,
     arena=False: no CPU memory arena (each tensor freed when done). arena="shared": the
     process's one shared arena (:func:`shared_arena`): for the many sessions that take turns
     (calibration's per-layer segments, the search's tails), whose own arenas would each keep
-    their run's peak -- one arena holds the largest run's tensors and serves them all, and
-    tensors are not allocated anew (and their pages faulted in) on every run.
+    their runs' memory -- one arena serves them all, and tensors are not allocated anew (and
+    their pages faulted in) on every run.
     """
     import onnxruntime as ort
 
